@@ -1,0 +1,578 @@
+"""Tests for fineweb.py (CPU, offline): shards from --source must be exactly what a direct tiktoken
+reference gives (tokens, cut points, names, np.save bytes); resume after a real SIGKILL; bad input."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# CI clones the repo next to shared/ (<root>/main beside <root>/shared): use its offline tiktoken cache
+_CACHE = Path(__file__).resolve().parents[2] / "shared/data/tiktoken_cache"
+if _CACHE.is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_CACHE))
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpus"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import fineweb  # noqa: E402
+
+EOT = 50256
+PREFIX = "edufineweb"
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture(scope="session")
+def enc():
+    import tiktoken
+    return tiktoken.get_encoding("gpt2")
+
+
+WORDS = ("the of and to in is was for on that with as by at from his her an were are which this be or "
+         "photosynthesis mitochondria equation velocity Constitution amendment theorem derivative "
+         "café naïve résumé Zürich 東京 数学 Москва 🙂 🚀 1,234.56 3.14159 x^2 sqrt(a/b) e-mail "
+         "don't can't I'm you're").split()
+
+
+def make_docs(n, seed, mean_words=60):
+    """Deterministic synthetic documents with unicode, digits, odd whitespace and edge cases."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        k = max(1, int(rng.expovariate(1 / mean_words)))
+        words = rng.choices(WORDS, k=k)
+        text = ""
+        for w in words:
+            text += w + rng.choice([" ", " ", " ", ", ", ". ", "\n", "\n\n", "  ", "\t"])
+        docs.append(text.strip() if rng.random() < 0.5 else text)
+    return docs
+
+
+# edge-case documents every input gets: empty, whitespace only, a literal special token (must stay
+# ordinary text), and one long document that spans several small shards
+EDGE_DOCS = ["", "   \n ", "a literal <|endoftext|> inside stays plain text", " ".join(make_docs(40, 99))]
+
+
+def reference_tokens(enc, texts, max_tokens=None):
+    """[EOT] + encode_ordinary(text) for every doc, concatenated. (N,) uint16"""
+    parts = []
+    for t in texts:
+        parts.append([EOT])
+        parts.append(enc.encode_ordinary(t))
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+    assert flat.max() < 2**16
+    return flat[:max_tokens].astype(np.uint16)
+
+
+def reference_shards(enc, texts, shard_size, max_tokens=None, prefix=PREFIX):
+    flat = reference_tokens(enc, texts, max_tokens)
+    return {f"{prefix}_{'val' if i == 0 else 'train'}_{i:06d}.npy": flat[s:s + shard_size]
+            for i, s in enumerate(range(0, len(flat), shard_size))}
+
+
+def npy_bytes(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def assert_shards(out_dir, expected):
+    """Output == reference: same files, same tokens, uint16, and byte-identical to np.save."""
+    out_dir = Path(out_dir)
+    names = sorted(p.name for p in out_dir.glob("*.npy"))
+    assert names == sorted(expected)
+    for name, ref in expected.items():
+        arr = np.load(out_dir / name)
+        assert arr.dtype == np.uint16 and arr.ndim == 1
+        np.testing.assert_array_equal(arr, ref)
+        assert (out_dir / name).read_bytes() == npy_bytes(ref)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["complete"]
+    check_manifest(out_dir, manifest)
+    return manifest
+
+
+def check_manifest(out_dir, manifest):
+    """Shard records chain up: token offsets add up, each shard starts where the previous ended."""
+    token_start, pos = 0, (0, 0)
+    for i, s in enumerate(manifest["shards"]):
+        assert s["index"] == i and s["token_start"] == token_start
+        assert (s["start_doc"], s["start_offset"]) == pos
+        data = (Path(out_dir) / s["file"]).read_bytes()
+        assert s["bytes"] == len(data) and s["sha256"] == hashlib.sha256(data).hexdigest()
+        token_start += s["tokens"]
+        pos = (s["end_doc"], s["end_offset"])
+
+
+def write_jsonl(path, texts, extra=None, gz=False, blank_lines=False):
+    lines = []
+    for i, t in enumerate(texts):
+        rec = {"text": t, **(extra(i) if extra else {})}
+        lines.append(json.dumps(rec, ensure_ascii=(i % 2 == 0)))  # mix escaped and raw unicode
+        if blank_lines and i % 7 == 3:
+            lines.append("   ")
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_parquet(path, texts, extra_cols=None, row_group_size=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = {**(extra_cols or {}), "text": texts}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path, row_group_size=row_group_size)
+    return path
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, str(REPO / "fineweb.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def snapshot(out_dir):
+    """name -> (bytes, mtime_ns) of every file, to prove nothing was touched."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(out_dir).iterdir())}
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+# -----------------------------------------------------------------------------
+# output == reference
+
+
+def test_jsonl_matches_reference(tmp_path, enc):
+    texts = make_docs(120, 1) + EDGE_DOCS + make_docs(30, 2)
+    src = write_jsonl(tmp_path / "in.jsonl", texts, blank_lines=True)
+    out = tmp_path / "out"
+    r = run_cli("--source", src, "--local_dir", out, "--shard_size", 1000)
+    assert r.returncode == 0, r.stderr
+    expected = reference_shards(enc, texts, 1000)
+    assert len(expected) >= 5
+    manifest = assert_shards(out, expected)
+    assert manifest["totals"] == dict(docs=len(texts), tokens=sum(map(len, expected.values())), shards=len(expected))
+    assert any(s["end_offset"] > 0 for s in manifest["shards"])  # boundaries do cut documents
+    assert f"{len(texts):,} documents" in r.stdout and "done:" in r.stdout
+
+
+def test_mixed_formats_folder_and_schemas(tmp_path, enc):
+    """jsonl.gz + parquet + jsonl + txt with different extra columns, a folder searched recursively
+    (sorted), plus an explicit file after it; unrelated files in the folder are ignored."""
+    d = tmp_path / "data"
+    a, b, c, t, extra = make_docs(50, 3), make_docs(40, 4), make_docs(30, 5), "A whole .txt file\n\nis one document.\n", make_docs(20, 6)
+    write_jsonl(d / "a.jsonl.gz", a, extra=lambda i: {"id": f"<urn:{i}>", "url": "http://x", "score": 0.5}, gz=True)
+    write_parquet(d / "b" / "c.parquet", b, extra_cols={"score": [float(i) for i in range(len(b))], "lang": ["en"] * len(b)},
+                  row_group_size=7)
+    write_jsonl(d / "b" / "d.jsonl", c, extra=lambda i: {"meta": {"nested": [i]}})
+    (d / "e.txt").write_text(t, encoding="utf-8")
+    (d / "README.md").write_text("not data")
+    more = write_jsonl(tmp_path / "more.jsonl", extra + EDGE_DOCS)
+    out = tmp_path / "out"
+    r = run_cli("--source", d, more, "--local_dir", out, "--shard_size", 1500)
+    assert r.returncode == 0, r.stderr
+    manifest = assert_shards(out, reference_shards(enc, a + b + c + [t] + extra + EDGE_DOCS, 1500))
+    files = [Path(f["path"]).name for f in manifest["settings"]["input"]["files"]]
+    assert files == ["a.jsonl.gz", "c.parquet", "d.jsonl", "e.txt", "more.jsonl"]
+
+
+def test_real_corpus_slice(tmp_path, enc):
+    src = CORPUS / "openstax_textbooks_ccby.jsonl.gz"
+    if not src.exists():
+        pytest.skip("shared/data corpus not available")
+    with gzip.open(src, "rt", encoding="utf-8") as f:
+        texts = [json.loads(next(f))["text"] for _ in range(150)]
+    inp = write_jsonl(tmp_path / "slice.jsonl.gz", texts, gz=True)
+    r = run_cli("--source", inp, "--local_dir", tmp_path / "out", "--shard_size", 100_000)
+    assert r.returncode == 0, r.stderr
+    assert_shards(tmp_path / "out", reference_shards(enc, texts, 100_000))
+
+
+def test_lone_surrogate_like_encode_ordinary(tmp_path, enc):
+    texts = ["before \ud800 after", "ok"]  # json.loads can produce lone surrogates from \ud800 escapes
+    src = tmp_path / "s.jsonl"
+    src.write_text("\n".join(json.dumps({"text": x}) for x in texts))
+    assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out")]) == 0
+    assert_shards(tmp_path / "out", reference_shards(enc, texts, int(1e8)))
+
+
+@pytest.mark.parametrize("max_tokens,shard_size", [(2500, 1000), (2000, 1000), (777, 1000), (10**7, 1000)])
+def test_max_tokens(tmp_path, enc, max_tokens, shard_size):
+    texts = make_docs(80, 7)
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    r = run_cli("--source", src, "--local_dir", tmp_path / "out", "--shard_size", shard_size, "--max_tokens", max_tokens)
+    assert r.returncode == 0, r.stderr
+    expected = reference_shards(enc, texts, shard_size, max_tokens=max_tokens)
+    manifest = assert_shards(tmp_path / "out", expected)
+    total = min(max_tokens, len(reference_tokens(enc, texts)))
+    assert manifest["totals"]["tokens"] == total == sum(len(v) for v in expected.values())
+
+
+def _read_all(segments):
+    """Drain a segment generator like the workers do -> (texts, records skipped (its return value))."""
+    texts, gen = [], segments
+    while True:
+        try:
+            seg = next(gen)
+        except StopIteration as stop:
+            return texts, stop.value
+        if seg[0] == "texts":
+            texts.extend(seg[1])
+        else:
+            assert fineweb.parse_jsonl_block(seg[1], seg[2], seg[3], texts) is None
+
+
+@pytest.mark.parametrize("block_bytes", [7, 64, 1000, 1 << 20])
+def test_jsonl_blocks_and_skip(tmp_path, block_bytes):
+    """Reading in blocks (lines split across blocks, a line longer than many blocks, blank lines,
+    CRLF, no final newline) and skipping records gives exactly the remaining texts."""
+    texts = make_docs(30, 16, mean_words=8) + ["x" * 5000] + make_docs(10, 17, mean_words=8)
+    lines = []
+    for i, t in enumerate(texts):
+        lines.append(json.dumps({"text": t, "n": i}))
+        if i % 5 == 0:
+            lines.append("")
+    raw = "\r\n".join(lines[:10]) + "\n" + "\n".join(lines[10:])  # no newline at the very end
+    for name, data in [("a.jsonl", raw.encode()), ("a.jsonl.gz", gzip.compress(raw.encode()))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        for skip in [0, 1, 6, 30, 31, len(texts) - 1, len(texts), len(texts) + 5]:
+            got, skipped = _read_all(fineweb.read_jsonl(path, skip, block_bytes=block_bytes))
+            assert got == texts[skip:] and skipped == min(skip, len(texts)), (name, skip)
+
+
+def test_bad_line_number_across_blocks(tmp_path):
+    lines = [json.dumps({"text": f"doc {i}"}) for i in range(50)]
+    lines[37] = '{"text": oops}'
+    path = tmp_path / "b.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    texts, error = [], None
+    for seg in fineweb.read_jsonl(path, 0, block_bytes=40):
+        error = error or fineweb.parse_jsonl_block(seg[1], seg[2], seg[3], texts)
+        if error:
+            break
+    assert "line 38: invalid JSON" in str(error) and texts == [f"doc {i}" for i in range(37)]
+
+
+def test_parquet_skip(tmp_path):
+    texts = make_docs(45, 18, mean_words=5)
+    path = write_parquet(tmp_path / "p.parquet", texts, row_group_size=10)
+    for skip in [0, 3, 10, 11, 44, 45, 50]:
+        got, skipped = _read_all(fineweb.read_parquet(path, skip))
+        assert got == texts[skip:] and skipped == min(skip, len(texts))
+    files = [write_parquet(tmp_path / "q.parquet", texts[:7]), (tmp_path / "t.txt"), path]
+    files[1].write_text("one doc")
+    all_texts = texts[:7] + ["one doc"] + texts
+    for skip in [0, 5, 7, 8, 9, 30]:
+        assert _read_all(fineweb.iter_source_segments(files, skip))[0] == all_texts[skip:]
+
+
+# -----------------------------------------------------------------------------
+# resume
+
+
+def test_rerun_finished_is_noop(tmp_path, enc):
+    src = write_jsonl(tmp_path / "in.jsonl", make_docs(40, 8))
+    out = tmp_path / "out"
+    assert run_cli("--source", src, "--local_dir", out, "--shard_size", 700).returncode == 0
+    before = snapshot(out)
+    r = run_cli("--source", src, "--local_dir", out, "--shard_size", 700)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stdout + r.stderr
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("fmt,stage", [("jsonl.gz", "tmp_written"), ("jsonl.gz", "renamed"), ("jsonl.gz", "recorded"),
+                                       ("parquet", "tmp_written"), ("parquet", "recorded")])
+def test_resume_after_crash_hook(tmp_path, enc, fmt, stage):
+    """SIGKILL at each point of writing shard 2 (FINEWEB_CRASH_AT hook), then resume == reference."""
+    texts = make_docs(150, 9) + EDGE_DOCS
+    src = (write_jsonl(tmp_path / "in.jsonl.gz", texts, gz=True) if fmt == "jsonl.gz"
+           else write_parquet(tmp_path / "in.parquet", texts, row_group_size=16))
+    out = tmp_path / "out"
+    args = ("--source", src, "--local_dir", out, "--shard_size", 900)
+    r = run_cli(*args, env={"FINEWEB_CRASH_AT": f"{stage}:2"})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"]
+    assert len(manifest["shards"]) == (3 if stage == "recorded" else 2)
+    shard2 = out / f"{PREFIX}_train_000002.npy"
+    tmp = out / f"{PREFIX}_train_000002.npy.tmp"
+    assert tmp.exists() == (stage == "tmp_written")  # a leftover temp file...
+    assert shard2.exists() == (stage != "tmp_written")
+    finished = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in manifest["shards"]}
+    assert manifest["shards"][-1]["end_offset"] > 0  # the crash point cuts a document: resume mid-document
+
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    assert not tmp.exists()  # ...is not treated as finished: it is redone and cleaned up
+    assert_shards(out, reference_shards(enc, texts, 900))
+    assert {f: (out / f).stat().st_mtime_ns for f in finished} == finished  # finished shards not rewritten
+
+
+def test_resume_after_external_sigkill(tmp_path, enc):
+    """Really kill a running conversion (SIGKILL once its first shard exists), resume, compare."""
+    texts = make_docs(6000, 10)
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "out"
+    args = ["--source", src, "--local_dir", out, "--shard_size", 20_000, "--workers", 1]
+    proc = subprocess.Popen([sys.executable, str(REPO / "fineweb.py"), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = out / f"{PREFIX}_val_000000.npy"
+    deadline = time.time() + 60
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # its encoder processes notice the parent is gone and exit instead of lingering as orphans
+    if Path("/proc").is_dir():
+        def alive():
+            n = 0
+            for p in Path("/proc").iterdir():
+                try:
+                    n += p.name.isdigit() and str(out).encode() in (p / "cmdline").read_bytes()
+                except OSError:
+                    pass
+            return n
+        deadline = time.time() + 10
+        while alive() and time.time() < deadline:
+            time.sleep(0.1)
+        assert alive() == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    if manifest["complete"]:
+        pytest.skip("the conversion finished before it could be killed")
+    done = len(manifest["shards"])
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    expected = reference_shards(enc, texts, 20_000)
+    assert done < len(expected)
+    assert_shards(out, expected)
+
+
+def test_hub_path_uses_same_pipeline(tmp_path, enc, monkeypatch, capsys):
+    """No network here: a fake `datasets` module checks the exact load_dataset call and that the
+    hub stream goes through the same writer (with resume via ds.skip)."""
+    texts = make_docs(60, 11)
+    calls = []
+
+    class FakeStream:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def skip(self, n):
+            calls.append(("skip", n))
+            return FakeStream(self.rows[n:])
+
+        def __iter__(self):
+            return iter(self.rows)
+
+    def load_dataset(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split, streaming))
+        return FakeStream([{"text": t, "id": i} for i, t in enumerate(texts)])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    out = tmp_path / "out"
+    assert fineweb.main(["--local_dir", str(out), "--shard_size", "800", "--max_tokens", "2000"]) == 0
+    assert calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)]
+    m1 = assert_shards(out, reference_shards(enc, texts, 800, max_tokens=2000))
+    assert m1["settings"]["input"] == dict(type="hub", path="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train")
+
+    # classic FineWeb: other repo, other prefix and default folder name; resume after losing shard 2
+    calls.clear()
+    out2 = tmp_path / "out2"
+    assert fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"]) == 0
+    manifest = json.loads((out2 / "manifest.json").read_text())
+    assert calls == [("HuggingFaceFW/fineweb", "sample-10BT", "train", True)]
+    expected = reference_shards(enc, texts, 800, prefix="fineweb")
+    assert_shards(out2, expected)
+    # pretend the run died after two shards: drop the later ones from the manifest and disk
+    for s in manifest["shards"][2:]:
+        (out2 / s["file"]).unlink()
+    manifest.update(shards=manifest["shards"][:2], complete=False)
+    manifest.pop("totals")
+    (out2 / "manifest.json").write_text(json.dumps(manifest))
+    calls.clear()
+    assert fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"]) == 0
+    assert calls[1] == ("skip", manifest["shards"][1]["end_doc"])
+    assert_shards(out2, expected)
+    assert fineweb.DATASETS["edu-100BT"]["name"] == "sample-100BT"
+    assert fineweb.DATASETS["edu-10BT"]["local_dir"] == "edu_fineweb10B"
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line on stderr, exit 1, nothing finished touched
+
+
+def _bad_file(tmp_path, kind):
+    if kind == "garbage_gzip":
+        p = tmp_path / "bad.jsonl.gz"
+        p.write_bytes(b"this is not gzip at all" * 10)
+    elif kind == "truncated_gzip":
+        p = write_jsonl(tmp_path / "bad.jsonl.gz", make_docs(200, 12), gz=True)
+        p.write_bytes(p.read_bytes()[:-300])
+    elif kind == "bad_json":
+        p = tmp_path / "bad.jsonl"
+        p.write_text('{"text": "fine"}\n{"text": "broken\n')
+    elif kind == "no_text":
+        p = tmp_path / "bad.jsonl"
+        p.write_text('{"text": "fine"}\n{"content": "where is text"}\n')
+    elif kind == "text_not_string":
+        p = tmp_path / "bad.jsonl"
+        p.write_text('{"text": "fine"}\n{"text": null}\n')
+    elif kind == "not_an_object":
+        p = tmp_path / "bad.jsonl"
+        p.write_text('{"text": "fine"}\n["text"]\n')
+    elif kind == "bad_parquet":
+        p = tmp_path / "bad.parquet"
+        p.write_bytes(b"PAR1" + os.urandom(100))
+    elif kind == "parquet_no_text":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        p = tmp_path / "bad.parquet"
+        pq.write_table(pa.table({"content": ["a", "b"]}), p)
+    elif kind == "parquet_null_text":
+        p = write_parquet(tmp_path / "bad.parquet", ["fine", None])
+    elif kind == "bad_utf8_txt":
+        p = tmp_path / "bad.txt"
+        p.write_bytes(b"caf\xe9 latin-1")
+    return p
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("garbage_gzip", "cannot read"), ("truncated_gzip", "cannot read"), ("bad_json", "line 2: invalid JSON"),
+    ("no_text", "line 2: record has no \"text\""), ("text_not_string", "line 2: record \"text\" is NoneType"),
+    ("not_an_object", "line 2: record is not a JSON object"), ("bad_parquet", "cannot read parquet"),
+    ("parquet_no_text", "no \"text\" column"), ("parquet_null_text", "row 1: \"text\" is null"),
+    ("bad_utf8_txt", "not valid UTF-8"),
+])
+def test_bad_input_file(tmp_path, enc, kind, needle):
+    """A good file (enough for some shards) then a bad one: the shards before the error are finished
+    and correct; re-running hits the same error and leaves every byte as it was."""
+    good_texts = make_docs(60, 13)
+    good = write_jsonl(tmp_path / "good.jsonl", good_texts)
+    bad = _bad_file(tmp_path, kind)
+    out = tmp_path / "out"
+    args = ("--source", good, bad, "--local_dir", out, "--shard_size", 600)
+    r = run_cli(*args)
+    assert_one_line_error(r, needle, bad.name)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and len(manifest["shards"]) >= 2
+    ref = reference_tokens(enc, good_texts)  # (a truncated gzip may add shards from its readable part)
+    assert sum(s["token_start"] + s["tokens"] <= len(ref) for s in manifest["shards"]) >= 2
+    for s in manifest["shards"]:
+        got, want = np.load(out / s["file"]), ref[s["token_start"]:s["token_start"] + s["tokens"]]
+        np.testing.assert_array_equal(got[:len(want)], want)
+    before = snapshot(out)
+    r = run_cli(*args)
+    assert_one_line_error(r, needle, bad.name)
+    assert snapshot(out) == before
+
+
+@pytest.fixture
+def finished_output(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", make_docs(50, 14))
+    out = tmp_path / "out"
+    assert run_cli("--source", src, "--local_dir", out, "--shard_size", 800).returncode == 0
+    return src, out
+
+
+@pytest.mark.parametrize("case", ["missing_file", "missing_folder_file", "unsupported", "other_settings",
+                                  "other_source", "shards_without_manifest", "stray_shard", "finished_shard_changed"])
+def test_bad_input_keeps_finished_output(tmp_path, finished_output, case):
+    src, out = finished_output
+    args = ["--source", src, "--local_dir", out, "--shard_size", 800]
+    needle = "error"
+    if case == "missing_file":
+        args[1:2] = [src, tmp_path / "nope.jsonl"]
+        needle = "nope.jsonl: no such file"
+    elif case == "missing_folder_file":
+        (tmp_path / "empty").mkdir()
+        args[1] = tmp_path / "empty"
+        needle = "holds no"
+    elif case == "unsupported":
+        (tmp_path / "x.csv").write_text("text\nhi\n")
+        args[1] = tmp_path / "x.csv"
+        needle = "unsupported file type"
+    elif case == "other_settings":
+        args[-1] = 900
+        needle = "different settings (shard_size: 800 there vs 900 now)"
+    elif case == "other_source":
+        args[1] = write_jsonl(tmp_path / "other.jsonl", make_docs(5, 15))
+        needle = "different settings (input:"
+    elif case == "shards_without_manifest":
+        (out / "manifest.json").unlink()
+        needle = "but no manifest.json"
+    elif case == "stray_shard":
+        np.save(out / "fineweb_train_000007.npy", np.zeros(3, np.uint16))
+        needle = "does not list (fineweb_train_000007.npy"
+    elif case == "finished_shard_changed":
+        p = out / f"{PREFIX}_train_000001.npy"
+        p.write_bytes(p.read_bytes()[:-2])
+        needle = "is missing or changed"
+    before = snapshot(out)
+    r = run_cli(*args)
+    assert_one_line_error(r, needle)
+    assert snapshot(out) == before
+
+
+def test_bad_number_flag_is_usage_error(tmp_path):
+    r = run_cli("--source", tmp_path, "--shard_size", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # argparse's usage error
+
+
+# -----------------------------------------------------------------------------
+# uint16 bound, import hygiene
+
+
+def test_check_uint16():
+    fineweb.check_uint16(np.array([0, 65535], dtype=np.uint32))
+    fineweb.check_uint16(np.array([], dtype=np.uint32))
+    with pytest.raises(fineweb.TokenRangeError, match="65536"):
+        fineweb.check_uint16(np.array([1, 65536], dtype=np.uint32))
+    with pytest.raises(ValueError):  # TokenRangeError is a ValueError too
+        fineweb.check_uint16(np.array([-1], dtype=np.int64))
+
+
+def test_token_id_over_uint16_raises(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fineweb, "encode_text", lambda text: np.array([7, 70000], dtype=np.uint32))
+    # encode in threads of this process so the patched encoder is the one used (spawned workers would not see it)
+    monkeypatch.setattr(fineweb, "make_executor", lambda workers: ThreadPoolExecutor(workers))
+    with pytest.raises(fineweb.TokenRangeError, match="70000"):
+        fineweb.encode_texts(["anything"])
+    src = write_jsonl(tmp_path / "in.jsonl", ["a", "b"])
+    assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: token id 70000") and err.count("\n") == 1
+    assert not list((tmp_path / "out").glob("*.npy"))
+
+
+def test_import_is_cheap_and_side_effect_free(tmp_path):
+    code = ("import sys; import fineweb; "
+            "assert fineweb._ENCODING is None; "
+            "assert not {'torch', 'datasets', 'tiktoken', 'pyarrow'} & set(sys.modules), sorted(sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == []
