@@ -37,6 +37,12 @@ skips the documents already consumed (without tokenizing them), re-tokenizes the
 shard boundary cut and drops its first end_offset tokens, and continues. Re-running on a finished
 output does nothing.
 
+Speed: the main process only reads (decompresses) the input and writes shards; --workers processes
+(default: all cores) parse JSON and tokenize batches of ~1 MB of text, a bounded number of batches in
+flight (memory stays flat), results consumed in order. A tqdm bar (on a terminal) shows tokens/s and
+an ETA (total: the dataset's approximate size, --max_tokens, or for --source an estimate from the
+bytes read so far); a summary line ends the run. See make_executor for threads vs processes.
+
 Testing hook: the environment variable FINEWEB_CRASH_AT="<stage>:<shard index>" makes the process
 SIGKILL itself at <stage> of writing that shard, where <stage> is "tmp_written" (temp file written,
 not yet renamed), "renamed" (shard file in place, manifest not yet updated) or "recorded" (manifest
@@ -52,9 +58,9 @@ import re
 import signal
 import sys
 import time
+import threading
 import zlib
 from collections import deque
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -118,7 +124,8 @@ def encode_text(text):
 
     encode_to_numpy with no special tokens allowed or disallowed runs the very same BPE as
     encode_ordinary (a literal "<|endoftext|>" in the text stays plain text) but hands back the
-    Rust buffer instead of building a Python list of ints: ~15% faster and far less GIL time.
+    Rust buffer instead of building a Python list of ints: ~15% faster, and a compact array to send
+    back to the main process.
     """
     enc = get_encoding()
     try:
@@ -131,9 +138,11 @@ def encode_text(text):
 
 def check_uint16(tokens):
     """Raise unless every token id fits in uint16; the shards store ids as uint16."""
-    if tokens.size and (int(tokens.max()) >= 2**16 or int(tokens.min()) < 0):
-        bad = int(tokens.max()) if int(tokens.max()) >= 2**16 else int(tokens.min())
-        raise TokenRangeError(f"token id {bad} does not fit in uint16 (vocab must be < 65536)")
+    if tokens.size == 0:
+        return
+    hi, lo = int(tokens.max()), int(tokens.min())
+    if hi >= 2**16 or lo < 0:
+        raise TokenRangeError(f"token id {hi if hi >= 2**16 else lo} does not fit in uint16 (vocab must be < 65536)")
 
 
 def encode_texts(texts):
@@ -259,7 +268,7 @@ def read_jsonl(path, skip, block_bytes=BATCH_CHARS, progress=None):
                     if cut == 0:  # no line end yet (a very long line): keep collecting
                         pieces.append(chunk)
                         continue
-                    block = b"".join(pieces + [chunk[:cut]])
+                    block = b"".join((*pieces, memoryview(chunk)[:cut]))  # one copy
                     pieces = [chunk[cut:]] if cut < len(chunk) else []
                 else:  # end of file: whatever is left is the last line (without "\n")
                     block, pieces = b"".join(pieces), []
@@ -430,22 +439,10 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-class _HashingFile:
-    """File wrapper that hashes what np.save writes through it (so no second read of the shard)."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, b):
-        self.sha.update(b)
-        self.bytes += len(b)
-        return self.f.write(b)
-
-
 def write_atomic(path, write_fn):
     """write_fn(file) into path.tmp, fsync, rename over path; a crash leaves path absent or complete."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb+") as f:
         write_fn(f)
         f.flush()
         os.fsync(f.fileno())
@@ -457,9 +454,12 @@ def write_shard(path, tokens, index):
     out = {}
 
     def save(f):
-        hf = _HashingFile(f)
-        np.save(hf, tokens)  # same bytes as np.save(filename, tokens) in build-nanogpt
-        out["bytes"], out["sha256"] = hf.bytes, hf.sha.hexdigest()
+        np.save(f, tokens)  # same bytes as np.save(filename, tokens) in build-nanogpt
+        out["bytes"] = f.tell()
+        f.seek(0)
+        sha = hashlib.sha256(f.read(out["bytes"] - tokens.nbytes))  # the .npy header...
+        sha.update(memoryview(np.ascontiguousarray(tokens)))  # ...then the data, exactly as np.save wrote it
+        out["sha256"] = sha.hexdigest()
 
     tmp = write_atomic(path, save)
     _crash_hook("tmp_written", index)
@@ -612,25 +612,28 @@ class ShardWriter:
 def _exit_with_parent(parent_pid):
     while os.getppid() == parent_pid:
         time.sleep(0.5)
-    os._exit(1)  # the parent died (e.g. SIGKILL): don't linger as an orphan waiting for work
+    os._exit(1)  # our parent died (e.g. SIGKILL): don't linger as an orphan waiting for work
 
 
-def _worker_init(parent_pid):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (clean message, resume)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+def _worker_init():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (clean message, resume)
+    # the parent as seen from here (the main process, or the forkserver that dies with it)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def make_executor(workers):
     """The encoder pool: `workers` processes, each running encode_batch on batches of documents.
 
     Threads vs processes, measured on the 2-core dev VM (benchmarks/bench_fineweb.py, 14.7M-token
-    corpus, quiet machine): 2 encoder THREADS took 3.5 s wall but 6.4 CPU-s, no faster than 1 thread
-    (3.0 s, 3.6 CPU-s): although tiktoken releases the GIL, two threads encoding at once contend
-    inside it and burn twice the CPU. 2 encoder PROCESSES took 2.1 s wall for 3.8 CPU-s (pickling
-    ~1 MB of text to a worker and ~0.5 MB of uint16 tokens back per batch is cheap). So: processes.
+    corpus, quiet machine, median of 5): this same pipeline with 2 encoder THREADS took 3.6 s wall
+    and 6.6 CPU-s, with 2 encoder PROCESSES 2.06 s wall and 3.7 CPU-s (1 process: 3.3 s). tiktoken
+    does release the GIL, but with many small documents the per-document GIL round trips (plus
+    contention inside the tokenizer, +35% CPU even for two threads on huge strings) make two
+    threads burn ~1.8x the CPU of one, while shipping ~1 MB of raw JSON lines to a worker and
+    ~0.5 MB of uint16 tokens back per batch is cheap. So: processes.
     """
     get_encoding()  # loaded once here; forked workers inherit it, spawned ones load it lazily
-    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
 
 
 def default_workers():
@@ -676,6 +679,29 @@ def make_settings(args):
         inp = dict(type="hub", path=ds["hub"], name=ds["name"], split="train")
     return dict(input=inp, tokenizer="gpt2", eot=EOT, dtype="uint16", shard_size=args.shard_size,
                 max_tokens=args.max_tokens, prefix=ds["prefix"])
+
+
+class _NoBar:
+    """Stand-in for the tqdm bar when stderr is not a terminal (logs, pipes, tests): no bar, and
+    tqdm is not even imported; the per-shard lines and the summary still go to stdout."""
+    total = None
+
+    def update(self, n):
+        pass
+
+    def write(self, s, file=None):
+        print(s, file=file or sys.stdout, flush=True)
+
+    def close(self):
+        pass
+
+
+def progress_bar(total, initial, desc):
+    """tqdm bar (tokens, tokens/s, ETA when total is known) on a terminal, else a silent stand-in."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, dynamic_ncols=True, smoothing=0.05, desc=desc)
 
 
 def _fmt_tokens(n):
@@ -731,10 +757,7 @@ def run(args, executor=None):
         executor = make_executor(args.workers)
     executor.submit(int).result()  # start the workers now: fork before tqdm starts its monitor thread
 
-    from tqdm import tqdm
-    # the bar only shows on a terminal (stderr stays clean for logs/tests); one line per shard always
-    bar = tqdm(total=total, initial=writer.tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True,
-               smoothing=0.05, disable=None, desc=out_dir.name)
+    bar = progress_bar(total=total, initial=writer.tokens_done, desc=out_dir.name)
     def on_shard(shard):
         bar.write(f"wrote {shard['file']}: {shard['tokens']:,} tokens (documents {shard['start_doc']:,}.."
                   f"{shard['end_doc'] - (shard['end_offset'] == 0):,})", file=sys.stdout)
@@ -754,6 +777,8 @@ def run(args, executor=None):
                 first = False
                 before = writer.total
                 writer.add(tokens, lengths)
+                if progress is not None and args.max_tokens is None:
+                    bar.total = max(writer.total, progress.estimate_total(writer.total) or 0)
                 bar.update(writer.total - before)
                 if writer.full:
                     break
@@ -796,6 +821,9 @@ def main(argv=None):
         return 1
     except BrokenPipeError:  # e.g. `python fineweb.py | head`: stop quietly, finished shards are kept
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
+        return 1
+    except OSError as e:  # output side: disk full, no permission, --local_dir is a file, ...
+        print(f"error: {e}; fix that and re-run (finished shards are kept)", file=sys.stderr)
         return 1
     return 0
 
