@@ -1162,18 +1162,21 @@ class Trainer:
         val_loss, dt_ema = None, None
         for step in range(start_step, args.max_steps + 1):
             last = step == args.max_steps
-            due_ckpt = step > start_step and ((args.checkpoint_every > 0 and step % args.checkpoint_every == 0) or last)
-            due_eval = any(every > 0 and (step % every == 0 or last)
-                           for every in (args.val_every, args.hellaswag_every, args.sample_every))
-            if step > start_step and (due_ckpt or due_eval):
+
+            def due(every):  # periodic tasks also run once more at the very end
+                return every > 0 and (step % every == 0 or last)
+
+            due_ckpt = step > start_step and (due(args.checkpoint_every) or last)
+            if step > start_step and (due_ckpt or due(args.val_every) or due(args.hellaswag_every)
+                                      or due(args.sample_every)):
                 self.check_weights(loader, step)  # never save or sample from diverged weights
-            if args.val_every > 0 and (step % args.val_every == 0 or last):
+            if due(args.val_every):
                 val_loss = evaluate_val(self.model, val_set, dist, args.micro_batch, self.device, self.amp)
                 self.log(f"step {step:5d} | val loss {val_loss:.4f}")
                 self.write_log(step, val=val_loss)
-            if hella_examples and (step % args.hellaswag_every == 0 or last):
+            if hella_examples and due(args.hellaswag_every):
                 self.run_hellaswag(step, hella_examples)
-            if enc is not None and step > 0 and (step % args.sample_every == 0 or last):
+            if enc is not None and step > 0 and due(args.sample_every):
                 self.run_samples(step, enc)
             if due_ckpt:
                 self.save_checkpoint(step, elapsed_before + time.time() - t_start, val_loss)
@@ -1184,10 +1187,8 @@ class Trainer:
             t0 = time.time()
             loss, norm, lr, ok = self.train_step(loader, step)
             if not ok:
-                good = list_checkpoints(args.log_dir)
-                hint = f"resume from {good[-1][1]} with a lower --max_lr" if good else "lower --max_lr"
                 raise UserError(f"loss is {loss} (grad norm {norm}) at step {step}; the update was not applied "
-                                f"and no checkpoint was written; {hint}")
+                                f"and no checkpoint was written; {self.divergence_hint()}")
             self.synchronize()
             dt = time.time() - t0
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
@@ -1215,10 +1216,12 @@ class Trainer:
         with self.amp:
             _, loss = self.raw_model(x.to(self.device), y.to(self.device))
         if self.dist.any(not math.isfinite(loss.item())):
-            good = list_checkpoints(args.log_dir)
-            hint = f"resume from {good[-1][1]} with a lower --max_lr" if good else "lower --max_lr"
             raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a training batch); "
-                            f"no checkpoint was written; {hint}")
+                            f"no checkpoint was written; {self.divergence_hint()}")
+
+    def divergence_hint(self):
+        good = list_checkpoints(self.args.log_dir)
+        return f"resume from {good[-1][1]} with a lower --max_lr" if good else "lower --max_lr"
 
     def load_hellaswag(self):
         if self.args.hellaswag_every <= 0:
