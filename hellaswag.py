@@ -411,29 +411,24 @@ def evaluate(model, examples, device, *, batch_size=None, autocast_dtype=None, r
 # command line
 
 
-def pick_device(name="auto"):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _fail(message):
     print(f"hellaswag.py: error: {message}", file=sys.stderr)
     sys.exit(1)
 
 
-def _load_model(args, device):
-    """Our GPT from HF weights / a transformers dir (--model) or from a training checkpoint."""
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        _fail(f"checkpoint not found: {args.checkpoint}")
+def _import_train_gpt2():
+    """The model code (and device choice) live in train_gpt2.py; imported only by the CLI."""
     try:
         import train_gpt2
     except ImportError as e:
         _fail(f"cannot import train_gpt2 (needed to build the model): {e}")
+    return train_gpt2
+
+
+def _load_model(args, device, train_gpt2):
+    """Our GPT from HF weights / a transformers dir (--model) or from a training checkpoint."""
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        _fail(f"checkpoint not found: {args.checkpoint}")
     try:
         if args.checkpoint is not None:
             model = train_gpt2.load_checkpoint_model(args.checkpoint, device)
@@ -469,7 +464,8 @@ def main(argv=None):
         _fail("--batch_size must be >= 1")
     if args.dtype not in ("auto", "float32", "bfloat16"):
         _fail(f"unknown --dtype {args.dtype!r}: use auto, float32 or bfloat16")
-    device = pick_device(args.device)
+    train_gpt2 = _import_train_gpt2()
+    device = train_gpt2.choose_device(args.device, local_rank=0)
     device_type = torch.device(device).type
     if device_type == "cuda" and not torch.cuda.is_available():
         _fail(f"--device {device} but CUDA is not available")
@@ -481,7 +477,7 @@ def main(argv=None):
         examples = load_examples(args.split, args.data_dir, args.limit)
     except (HellaSwagDataError, ValueError, OSError, json.JSONDecodeError) as e:
         _fail(" ".join(str(e).split()))
-    model = _load_model(args, device)
+    model = _load_model(args, device, train_gpt2)
     if args.compile:
         model = torch.compile(model)
 

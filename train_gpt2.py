@@ -1215,8 +1215,9 @@ class Trainer:
         x, y = loader.batch(step, 0, self.dist.rank, args.micro_batch, self.dist.world_size, self.seqs_per_step)
         with self.amp:
             _, loss = self.raw_model(x.to(self.device), y.to(self.device))
-        if self.dist.any(not math.isfinite(loss.item())):
-            raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a training batch); "
+        loss = loss.item()
+        if self.dist.any(not math.isfinite(loss)):
+            raise UserError(f"the weights diverged after step {step - 1} (loss {loss} on a training batch); "
                             f"no checkpoint was written; {self.divergence_hint()}")
 
     def divergence_hint(self):

@@ -66,7 +66,8 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
 
-    device = hellaswag.pick_device(args.device)
+    import train_gpt2
+    device = train_gpt2.choose_device(args.device, local_rank=0)
     device_type = torch.device(device).type
     if args.threads:
         torch.set_num_threads(args.threads)
