@@ -12,6 +12,11 @@ last shard holds the rest). Shard 0 is the validation shard, the others are trai
 
 each written with np.save of a 1-D uint16 array: byte for byte what build-nanogpt's fineweb.py
 produces, so shards are interchangeable between the two repos (the trainer memory-maps them).
+One difference: an empty document (text == "") is skipped, where build-nanogpt writes a lone EOT
+for it; it still counts in the document numbering below. Real FineWeb has no empty documents, so
+its shards are the same. An input that all fits in the val shard (at most --shard_size tokens, or
+--max_tokens <= --shard_size) is refused with a --shard_size that works: the trainer needs a train
+shard too.
 
 Inputs (--source PATH [PATH ...]; folders are searched recursively, files taken in sorted order):
   .jsonl / .jsonl.gz  one JSON object per non-blank line, its "text" (a string) is the document;
@@ -25,17 +30,24 @@ Resuming: <local_dir>/manifest.json records the settings and every finished shar
      "settings": {"input": {...}, "tokenizer": "gpt2", "eot": 50256, "dtype": "uint16",
                   "shard_size": int, "max_tokens": int | null, "prefix": str},
      "shards": [{"index", "split", "file", "tokens", "bytes", "sha256",
+                 "max_token",                 # largest token id in it (absent in older manifests)
                  "token_start",               # global offset of the shard's first token
                  "start_doc", "start_offset", # first token = token start_offset of document start_doc
                  "end_doc", "end_offset"}],   # position just past the last token (exclusive)
      "complete": bool, "totals": {...} (once complete)}
-A document's tokens are numbered from 0 (its EOT), so (end_doc, end_offset) = (d, 0) means the shard
-ends exactly after document d-1, and (d, k>0) means a shard boundary cut document d after k tokens.
+Documents are numbered by their record in the input (jsonl line that is not blank, parquet row,
+.txt file, hub record), empty ones included, so resuming skips exactly that many records. A
+document's tokens are numbered from 0 (its EOT), so (end_doc, end_offset) = (d, 0) means the shard
+ends exactly after document d-1 (and any empty ones right after it), and (d, k>0) means a shard
+boundary cut document d after k tokens.
 A shard is written to "<file>.tmp", fsynced, renamed, and only then added to the manifest (also
 written atomically), so a half-written shard never looks finished. Re-running the same command
 skips the documents already consumed (without tokenizing them), re-tokenizes the one document a
 shard boundary cut and drops its first end_offset tokens, and continues. Re-running on a finished
-output does nothing.
+output does nothing. The settings record every input file's size, so a changed input file (say a
+corrupt one replaced) makes finished shards unusable: on a bad input file the error says whether
+fixing it and re-running works (no shard finished: the run leaves no manifest behind) or the
+finished shards must go (delete the folder or use another --local_dir).
 
 Speed: the main process only reads (decompresses) the input and writes shards; --workers processes
 (default: all cores) parse JSON and tokenize batches of ~1 MB of text, a bounded number of batches in
@@ -91,12 +103,31 @@ DATASETS = {
 BATCH_CHARS = 1 << 20
 
 
-class FinewebError(Exception):
-    """Bad input or a bad output dir: main() prints it as one `error: ...` line and exits 1."""
+class UserError(Exception):
+    """Bad input, a bad output dir or flags that cannot work: main() prints it as one `error: ...`
+    line and exits 1.
+
+    A problem inside an input file also carries input_file (its path), fix (what to do to the file,
+    e.g. "replace it") and read_part (which part of it finished shards may hold). Fixing the file
+    changes its size, so it no longer matches the settings the finished shards were made with:
+    run() ends the message with what will work given what is finished (see with_next_step).
+    """
+
+    def __init__(self, message, input_file=None, fix=None, read_part=None):
+        super().__init__(message)
+        self.input_file, self.fix, self.read_part = input_file, fix, read_part
 
 
-class TokenRangeError(FinewebError, ValueError):
-    """A token id does not fit in uint16 (would silently wrap around in the shard)."""
+def corrupt_file_error(path, problem):
+    """The file cannot be read (past some point): only replacing it helps."""
+    return UserError(f"{path}: {problem}", input_file=str(path), fix="replace it",
+                     read_part="the readable part of the corrupt file")
+
+
+def bad_record_error(path, where, problem, unit="line"):
+    """One record (a jsonl line, a parquet row) is not a document: fix or drop it."""
+    return UserError(f"{where}: {problem}", input_file=str(path), fix=f"fix or remove that {unit}",
+                     read_part=f"the {unit}s before it")
 
 
 # -----------------------------------------------------------------------------
@@ -113,8 +144,8 @@ def get_encoding():
             import tiktoken
             _ENCODING = tiktoken.get_encoding("gpt2")
         except Exception as e:  # offline without a cache raises requests' errors, etc.
-            raise FinewebError(f"cannot load the tiktoken 'gpt2' encoding ({type(e).__name__}: {e}); "
-                               "connect to the network once or point TIKTOKEN_CACHE_DIR at a cache") from None
+            raise UserError(f"cannot load the tiktoken 'gpt2' encoding ({type(e).__name__}: {e}); "
+                            "connect to the network once or point TIKTOKEN_CACHE_DIR at a cache") from None
         assert _ENCODING.eot_token == EOT
     return _ENCODING
 
@@ -142,15 +173,22 @@ def check_uint16(tokens):
         return
     hi, lo = int(tokens.max()), int(tokens.min())
     if hi >= 2**16 or lo < 0:
-        raise TokenRangeError(f"token id {hi if hi >= 2**16 else lo} does not fit in uint16 (vocab must be < 65536)")
+        raise UserError(f"token id {hi if hi >= 2**16 else lo} does not fit in uint16 (vocab must be < 65536)")
 
 
 def encode_texts(texts):
-    """Tokenize a list of documents -> (tokens uint16 (N,), doc lengths int64 (D,)), each doc = EOT + text."""
+    """Tokenize a list of documents -> (tokens uint16 (N,), doc lengths int64 (D,)), each doc = EOT + text.
+
+    An empty document (text == "") gets length 0: no tokens, not even an EOT (see module doc), but
+    it keeps its place in the document numbering, so resuming skips the same records as before.
+    """
     eot = np.array([EOT], dtype=np.uint32)
     parts = []
     lengths = np.empty(len(texts), dtype=np.int64)
     for i, text in enumerate(texts):
+        if not text:
+            lengths[i] = 0
+            continue
         ids = encode_text(text)
         parts.append(eot)
         parts.append(ids)
@@ -161,22 +199,27 @@ def encode_texts(texts):
 
 
 def encode_batch(segments):
-    """Worker job: a batch of segments -> (tokens uint16 (N,), doc lengths (D,), error or None).
+    """Worker job: a batch of segments -> (tokens uint16 (N,), doc lengths (D,), file marks, error or None).
 
-    A segment is ("texts", [str, ...]) or ("jsonl", raw_lines_bytes, path, first_line_number): JSON
-    lines are parsed here, in the worker, so the main process only reads/decompresses bytes. On a bad
-    record the documents before it are still returned, with the error, so they can be written first.
+    A segment is ("texts", [str, ...]), ("jsonl", raw_lines_bytes, path, first_line_number) or
+    ("file", path, begins_before_resume) where an input file starts. JSON lines are parsed here, in
+    the worker, so the main process only reads/decompresses bytes; which is also why only the worker
+    can tell at which document a file starts: marks = [(path, documents of this batch before it,
+    begins_before_resume)]. On a bad record the documents before it are still returned, with the
+    error, so they can be written first.
     """
-    texts, error = [], None
+    texts, marks, error = [], [], None
     for seg in segments:
-        if seg[0] == "texts":
+        if seg[0] == "file":
+            marks.append((seg[1], len(texts), seg[2]))
+        elif seg[0] == "texts":
             texts.extend(seg[1])
         else:
             error = parse_jsonl_block(seg[1], seg[2], seg[3], texts)
             if error is not None:
                 break
     tokens, lengths = encode_texts(texts)
-    return tokens, lengths, error
+    return tokens, lengths, marks, error
 
 
 # -----------------------------------------------------------------------------
@@ -191,41 +234,44 @@ def expand_sources(paths):
         if path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(SOURCE_SUFFIXES))
             if not found:
-                raise FinewebError(f"folder {p} holds no {'/'.join(SOURCE_SUFFIXES)} files")
+                raise UserError(f"folder {p} holds no {'/'.join(SOURCE_SUFFIXES)} files")
             files.extend(found)
         elif path.is_file():
             if not path.name.endswith(SOURCE_SUFFIXES):
-                raise FinewebError(f"{p}: unsupported file type (use {', '.join(SOURCE_SUFFIXES)})")
+                raise UserError(f"{p}: unsupported file type (use {', '.join(SOURCE_SUFFIXES)})")
             files.append(path)
         else:
-            raise FinewebError(f"{p}: no such file or folder (check the --source path)")
+            raise UserError(f"{p}: no such file or folder (check the --source path)")
     return [f.resolve() for f in files]
 
 
-def _text_of(record, where):
+def record_problem(record):
+    """Why a record is not a document (None when its "text" is a string)."""
     if not isinstance(record, dict):
-        raise FinewebError(f"{where}: record is not a JSON object; each line must be like {{\"text\": \"...\"}}")
+        return "record is not a JSON object (each line must be like {\"text\": \"...\"})"
     text = record.get("text")
     if not isinstance(text, str):
-        what = "has no \"text\" field" if "text" not in record else f"\"text\" is {type(text).__name__}, not a string"
-        raise FinewebError(f"{where}: record {what}; fix or remove that record")
-    return text
+        if "text" not in record:
+            return "record has no \"text\" field"
+        return f"record \"text\" is {type(text).__name__}, not a string"
+    return None
 
 
 def parse_jsonl_block(block, path, lineno, texts):
     """Append the "text" of every non-blank line of `block` (whose first line is number `lineno`)
-    to texts; return a FinewebError for the first bad line (and stop there), else None."""
+    to texts; return a UserError for the first bad line (and stop there), else None."""
     for i, line in enumerate(block.split(b"\n")):
         if not line or line.isspace():
             continue  # blank lines are not records
+        where = f"{path} line {lineno + i}"
         try:
             record = json.loads(line)
         except ValueError as e:  # JSONDecodeError and bad UTF-8 (UnicodeDecodeError)
-            return FinewebError(f"{path} line {lineno + i}: invalid JSON ({e}); fix or remove that line")
-        try:
-            texts.append(_text_of(record, f"{path} line {lineno + i}"))
-        except FinewebError as e:
-            return e
+            return bad_record_error(path, where, f"invalid JSON ({e})")
+        problem = record_problem(record)
+        if problem:
+            return bad_record_error(path, where, problem)
+        texts.append(record["text"])
     return None
 
 
@@ -284,8 +330,8 @@ def read_jsonl(path, skip, block_bytes=BATCH_CHARS, progress=None):
                 if not chunk:
                     break
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise FinewebError(f"{path}: cannot read it after line {lineno - 1} ({type(e).__name__}: {e}); "
-                           "replace the corrupt file") from None
+        where = f" after line {lineno - 1:,}" if lineno > 1 else ""
+        raise corrupt_file_error(path, f"cannot read it{where} ({type(e).__name__}: {e})") from None
     return skipped
 
 
@@ -297,10 +343,12 @@ def read_parquet(path, skip):
     try:
         pf = pq.ParquetFile(path)
         if "text" not in pf.schema_arrow.names:
-            raise FinewebError(f"{path}: no \"text\" column (columns: {', '.join(pf.schema_arrow.names)})")
+            raise UserError(f"{path}: no \"text\" column (columns: {', '.join(pf.schema_arrow.names)})",
+                            input_file=str(path), fix="give it a \"text\" column of strings or leave it out")
         text_type = pf.schema_arrow.field("text").type
         if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-            raise FinewebError(f"{path}: the \"text\" column holds {text_type}, not strings")
+            raise UserError(f"{path}: the \"text\" column holds {text_type}, not strings",
+                            input_file=str(path), fix="give it a \"text\" column of strings or leave it out")
         skipped, group = 0, 0
         while group < pf.num_row_groups and skipped + pf.metadata.row_group(group).num_rows <= skip:
             skipped += pf.metadata.row_group(group).num_rows
@@ -316,12 +364,12 @@ def read_parquet(path, skip):
                     k = texts.index(None)
                     if k:
                         yield ("texts", texts[:k])  # the rows before it still count
-                    raise FinewebError(f"{path} row {row + k}: \"text\" is null; fix or remove that row")
+                    raise bad_record_error(path, f"{path} row {row + k}", "\"text\" is null", unit="row")
                 if texts:
                     yield ("texts", texts)
                 row += len(texts)
     except (OSError, pa.ArrowException) as e:
-        raise FinewebError(f"{path}: cannot read parquet ({type(e).__name__}: {e}); replace the corrupt file") from None
+        raise corrupt_file_error(path, f"cannot read parquet ({type(e).__name__}: {e})") from None
     return skipped
 
 
@@ -332,16 +380,18 @@ def read_txt(path, skip):
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise FinewebError(f"{path}: not valid UTF-8 ({e}); re-encode it as UTF-8") from None
+        raise UserError(f"{path}: not valid UTF-8 ({e})", input_file=str(path), fix="re-encode it as UTF-8") from None
     except OSError as e:
-        raise FinewebError(f"{path}: cannot read it ({e})") from None
+        raise corrupt_file_error(path, f"cannot read it ({e})") from None
     yield ("texts", [text])
     return 0
 
 
 def iter_source_segments(files, skip=0, progress=None):
-    """Segments of all documents in `files`, in order, starting at document index `skip`."""
+    """Segments of all documents in `files`, in order, starting at document index `skip`; a
+    ("file", path, begins_before_resume) segment marks where each file starts (see encode_batch)."""
     for path in files:
+        yield ("file", str(path), skip > 0)  # skip > 0: some of its documents are in finished shards
         if path.name.endswith(".parquet"):
             skip -= yield from read_parquet(path, skip)
         elif path.name.endswith(".txt"):
@@ -361,27 +411,30 @@ def iter_hub_segments(hub, name, skip=0, docs_per_segment=256):
         if skip:
             ds = ds.skip(skip)  # still streams the skipped records, but does not tokenize them
         for i, record in enumerate(ds, skip):
-            texts.append(_text_of(record, f"{hub}/{name} record {i}"))
+            problem = record_problem(record)
+            if problem:
+                raise UserError(f"{hub}/{name} record {i}: {problem}; use --source with a fixed local copy")
+            texts.append(record["text"])
             if len(texts) == docs_per_segment:
                 yield ("texts", texts)
                 texts = []
-    except FinewebError:
+    except UserError:
         if texts:
             yield ("texts", texts)  # the documents before the bad one still count
         raise
     except Exception as e:
-        raise FinewebError(f"cannot stream {hub} ({name}) from the HF hub ({type(e).__name__}: {e}); "
-                           "check the network and re-run to resume, or use --source") from None
+        raise UserError(f"cannot stream {hub} ({name}) from the HF hub ({type(e).__name__}: {e}); "
+                        "check the network and re-run to resume, or use --source") from None
     if texts:
         yield ("texts", texts)
 
 
 def _segment_size(seg):
-    return len(seg[1]) if seg[0] == "jsonl" else sum(map(len, seg[1]))
+    return len(seg[1]) if seg[0] == "jsonl" else 0 if seg[0] == "file" else sum(map(len, seg[1]))
 
 
 def tokenize_documents(segments, executor, max_inflight, batch_chars=BATCH_CHARS):
-    """(tokens uint16 (N,), doc lengths (D,)) per batch of documents, in document order.
+    """(tokens uint16 (N,), doc lengths (D,), file marks) per batch of documents, in document order.
 
     The main process reads segments and groups them into batches of ~batch_chars characters
     (bounded memory) while up to max_inflight batches are being encoded by the executor's workers,
@@ -394,7 +447,7 @@ def tokenize_documents(segments, executor, max_inflight, batch_chars=BATCH_CHARS
         while True:
             try:
                 seg = next(segments, None)  # None: no more input
-            except FinewebError as e:  # bad input while reading: finish what came before it
+            except UserError as e:  # bad input while reading: finish what came before it
                 read_error, seg = e, None
             if seg is not None:
                 batch.append(seg)
@@ -403,8 +456,8 @@ def tokenize_documents(segments, executor, max_inflight, batch_chars=BATCH_CHARS
                 pending.append(executor.submit(encode_batch, batch))
                 batch, size = [], 0
             while pending and (seg is None or len(pending) >= max_inflight):
-                tokens, lengths, error = pending.popleft().result()
-                yield tokens, lengths
+                tokens, lengths, marks, error = pending.popleft().result()
+                yield tokens, lengths, marks
                 if error is not None:  # a bad record inside the batch: stop right after the docs before it
                     raise error
             if seg is None:
@@ -480,19 +533,72 @@ def shard_name(prefix, index):
     return f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
 
 
-def _describe_diff(old, new):
+THEN = "when the finished shards were made"
+SETTING_NAMES = dict(shard_size="--shard_size", max_tokens="--max_tokens", prefix="shard file prefix (from --dataset)")
+
+
+def show_path(path):
+    """A path as the user would type it: relative when it lies under the current folder."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _show_value(v):
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else "not set" if v is None else str(v)
+
+
+def _show_input(inp):
+    if inp.get("type") == "hub":
+        return f"{inp.get('path')} {inp.get('name')} from the hub"
+    return f"{len(inp.get('files', []))} --source files"
+
+
+def _and_more(items):
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
+def describe_input_change(old, new):
+    """The input settings differ: say exactly how, in one line (which file is new, gone or resized)."""
+    if old.get("type") != "files" or new.get("type") != "files":
+        return f"input: {_show_input(old)} {THEN}, now {_show_input(new)}"
+    then_files = [(f.get("path"), f.get("bytes")) for f in old.get("files", [])]
+    now_files = [(f.get("path"), f.get("bytes")) for f in new.get("files", [])]
+    then_sizes, now_sizes = dict(then_files), dict(now_files)
+    added = [p for p, _ in now_files if p not in then_sizes]
+    if added:
+        return f"{show_path(added[0])}{_and_more(added)}: not an input {THEN}, now it is"
+    gone = [p for p, _ in then_files if p not in now_sizes]
+    if gone:
+        return f"{show_path(gone[0])}{_and_more(gone)}: an input {THEN}, now it is not"
+    resized = [p for p, _ in now_files if now_sizes[p] != then_sizes[p]]
+    if resized:
+        p = resized[0]
+        then_size, now_size = _show_value(then_sizes[p]), _show_value(now_sizes[p])
+        return f"{show_path(p)}: {then_size} bytes {THEN}, now {now_size}" + _and_more(resized)
+    order = [p for p, _ in then_files], [p for p, _ in now_files]
+    if order[0] != order[1]:
+        i = next(i for i, (a, b) in enumerate(zip(*order)) if a != b)
+        return f"input file number {i + 1}: {show_path(order[0][i])} {THEN}, now {show_path(order[1][i])}"
+    return f"input: {json.dumps(old)} {THEN}, now {json.dumps(new)}"  # a hand-edited manifest
+
+
+def describe_settings_change(old, new):
+    """The first difference between two settings dicts, in one line that names exactly what differs
+    (never a cut-off repr: two long JSON strings cut at the same length can look identical)."""
+    if old.get("input") != new.get("input"):
+        return describe_input_change(old.get("input") or {}, new.get("input") or {})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            a, b = json.dumps(old.get(key)), json.dumps(new.get(key))
-            a, b = (a if len(a) < 80 else a[:77] + "..."), (b if len(b) < 80 else b[:77] + "...")
-            return f"{key}: {a} there vs {b} now"
+            return f"{SETTING_NAMES.get(key, key)}: {_show_value(old.get(key))} {THEN}, now {_show_value(new.get(key))}"
     return "?"
 
 
 def open_output(out_dir, settings):
-    """Check out_dir against settings -> (manifest to continue from, whether it is a new one).
+    """Check out_dir against settings -> the manifest to continue from (a fresh one if nothing is finished).
 
-    Refuses (FinewebError) rather than touching anything finished: shards without a manifest,
+    Refuses (UserError) rather than touching anything finished: shards without a manifest,
     a manifest made with other settings, missing/changed finished shards, unknown shard files.
     """
     manifest_path = out_dir / MANIFEST_NAME
@@ -500,41 +606,44 @@ def open_output(out_dir, settings):
     fresh = dict(format=MANIFEST_FORMAT, settings=settings, shards=[], complete=False)
     if not manifest_path.exists():
         if shard_files:
-            raise FinewebError(f"{out_dir} holds shards ({shard_files[0]}, ...) but no {MANIFEST_NAME}, so they cannot be "
-                               "resumed safely; use another --local_dir or delete them")
-        return fresh, True
+            raise UserError(f"{out_dir} holds shards ({shard_files[0]}, ...) but no {MANIFEST_NAME}, so they cannot be "
+                            "resumed safely; use another --local_dir or delete them")
+        return fresh
     try:
         manifest = json.loads(manifest_path.read_text())
         assert manifest["format"] == MANIFEST_FORMAT and isinstance(manifest["shards"], list)
         old_settings = manifest["settings"]
     except Exception:
-        raise FinewebError(f"{manifest_path} is unreadable or not a fineweb.py manifest; "
-                           "use another --local_dir or delete it") from None
+        raise UserError(f"{manifest_path} is unreadable or not a fineweb.py manifest; "
+                        "use another --local_dir or delete it") from None
     if old_settings != settings:
         if not manifest["shards"] and not shard_files:
-            return fresh, True  # nothing was finished there: start over with the new settings
-        raise FinewebError(f"{out_dir} holds shards made with different settings "
-                           f"({_describe_diff(old_settings, settings)}); use another --local_dir or delete {out_dir}")
+            return fresh  # nothing was finished there: start over with the new settings
+        raise UserError(f"{out_dir} holds shards made with different settings "
+                        f"({describe_settings_change(old_settings, settings)}); use another --local_dir or delete {out_dir}")
     listed = set()
     for shard in manifest["shards"]:
         path = out_dir / shard["file"]
         if not path.is_file() or path.stat().st_size != shard["bytes"]:
-            raise FinewebError(f"finished shard {path} is missing or changed; restore it, or delete {out_dir} to start over")
+            raise UserError(f"finished shard {path} is missing or changed; restore it, or delete {out_dir} to start over")
         listed.add(shard["file"])
     # a shard file not in the manifest is fine only if it is the very next one: the previous run
     # died between renaming it and recording it, so it is not finished and will be rewritten.
     next_name = shard_name(settings["prefix"], len(manifest["shards"]))
     strays = [f for f in shard_files if f not in listed and f != next_name]
     if strays:
-        raise FinewebError(f"{out_dir} holds shard files its manifest does not list ({strays[0]}, ...); "
-                           "use another --local_dir or delete them")
-    return manifest, False
+        raise UserError(f"{out_dir} holds shard files its manifest does not list ({strays[0]}, ...); "
+                        "use another --local_dir or delete them")
+    return manifest
 
 
 class ShardWriter:
     """Fills shard-size buffers from the token stream and writes each full shard (+ manifest entry).
 
-    Positions are (document index, token offset inside that document, EOT = offset 0).
+    Positions are (document index, token offset inside that document, EOT = offset 0). A full shard
+    is written once the next token arrives (or by the final finish_shard), not the moment it fills:
+    so when the whole input fits in the val shard nothing is written at all and run() can refuse
+    with a better --shard_size without leaving a val-only output behind.
     """
 
     def __init__(self, out_dir, manifest, on_shard=None):
@@ -563,8 +672,12 @@ class ShardWriter:
         which starts at self.pos (i.e. it was already trimmed by self.pos's offset)."""
         doc0, off0 = self.pos
         ends = np.cumsum(lengths)  # (D,) end of each document inside `tokens`
+        if len(tokens) == 0:  # only empty documents: they still move the position on
+            self.pos = (doc0 + len(lengths), 0)
         i = 0
         while i < len(tokens) and not self.full:
+            if self.fill == self.shard_size:
+                self.finish_shard()  # a token follows it: now the full shard can be written
             limit = self.shard_size - self.fill
             if self.max_tokens is not None:
                 limit = min(limit, self.max_tokens - self.total)
@@ -573,13 +686,11 @@ class ShardWriter:
             self.fill += n
             i += n
             self.pos = self._position(doc0, off0, ends, i)
-            if self.fill == self.shard_size:
-                self.finish_shard()
 
     @staticmethod
     def _position(doc0, off0, ends, i):
         """Position of token i of a batch whose first token is (doc0, off0) and doc ends are `ends`."""
-        j = int(np.searchsorted(ends, i, side="right"))  # documents fully before token i
+        j = int(np.searchsorted(ends, i, side="right"))  # documents fully before token i (empty ones right at i too)
         if j == len(ends):
             return (doc0 + j, 0)
         start_j = int(ends[j - 1]) if j else 0
@@ -590,10 +701,16 @@ class ShardWriter:
         if self.fill == 0:
             return
         index = len(self.manifest["shards"])
+        if index == 0:
+            # claim the folder for these settings before the first shard file appears, so that a crash
+            # right after renaming it leaves a shard its manifest explains (see open_output)
+            write_manifest(self.out_dir, self.manifest)
         name = shard_name(self.prefix, index)
-        nbytes, sha = write_shard(self.out_dir / name, self.buf[:self.fill], index)
+        tokens = self.buf[:self.fill]
+        nbytes, sha = write_shard(self.out_dir / name, tokens, index)
+        # max_token lets the trainer check the token ids against its vocab without reading the shards
         shard = dict(index=index, split="val" if index == 0 else "train", file=name, tokens=self.fill,
-                     bytes=nbytes, sha256=sha, token_start=self.tokens_done,
+                     bytes=nbytes, sha256=sha, max_token=int(tokens.max()), token_start=self.tokens_done,
                      start_doc=self.start[0], start_offset=self.start[1], end_doc=self.pos[0], end_offset=self.pos[1])
         self.manifest["shards"].append(shard)
         write_manifest(self.out_dir, self.manifest)
@@ -654,19 +771,30 @@ def positive_int(s):
     return int(v)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows "(default: X)" for every flag that has a value when not given; a flag without one
+    (default None) says in its help what happens without it, instead of an unhelpful "(default: None)"."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize FineWeb(-Edu) (or local files) with GPT-2 BPE into uint16 .npy shards.")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                description="Tokenize FineWeb(-Edu) (or local files) with GPT-2 BPE into uint16 .npy shards.")
     p.add_argument("--dataset", choices=list(DATASETS), default="edu-10BT",
-                   help="hub dataset; also sets the default --local_dir and the shard file prefix (default: edu-10BT)")
+                   help="hub dataset; also picks the shard file prefix and the --local_dir when that is not given")
     p.add_argument("--source", nargs="+", metavar="PATH",
-                   help="local .jsonl/.jsonl.gz/.parquet/.txt files or folders (recursive) instead of the hub; "
-                        "a .txt file is one document")
+                   help="local .jsonl/.jsonl.gz/.parquet/.txt files or folders (searched recursively) to read instead "
+                        "of the hub; a .txt file is one document")
     p.add_argument("--local_dir", default=None,
-                   help="output folder (default: the dataset's, e.g. edu_fineweb10B, beside this script)")
-    p.add_argument("--shard_size", type=positive_int, default=int(1e8), help="tokens per shard (default: 1e8)")
-    p.add_argument("--max_tokens", type=positive_int, default=None, help="stop after this many tokens in total")
+                   help="output folder; without it, the --dataset's folder beside this script (e.g. edu_fineweb10B)")
+    p.add_argument("--shard_size", type=positive_int, default=int(1e8),
+                   help="tokens per shard (1e8 and 100_000_000 work too); shard 0 is the val shard")
+    p.add_argument("--max_tokens", type=positive_int, default=None,
+                   help="stop after this many tokens in total (more than --shard_size); without it, all of the input")
     p.add_argument("--workers", type=positive_int, default=default_workers(),
-                   help="encoder processes (default: all cores)")
+                   help="encoder processes that parse and tokenize: all cores of this machine")
     return p.parse_args(argv)
 
 
@@ -708,35 +836,93 @@ def _fmt_tokens(n):
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
 
 
-def run(args, executor=None):
-    """The whole job; returns the summary dict. Raises FinewebError on bad input/output dir.
+def describe_source(args, ds):
+    """What the input is called in messages: the --source path as typed, or the hub dataset."""
+    if not args.source:
+        return f"{ds['hub']} ({ds['name']})"
+    return args.source[0] if len(args.source) == 1 else "the --source input"
 
-    executor: what encodes the batches (default: make_executor(args.workers)); the benchmark passes
-    a thread pool here to compare the two.
+
+def suggest_shard_size(total_tokens):
+    """A --shard_size that splits total_tokens (>= 2) into a val shard and up to nine train shards of
+    about the same size (rounded up, so no tiny leftover shard at the end)."""
+    return max(1, -(-total_tokens // 10))
+
+
+def check_split(args):
+    """Refuse --max_tokens that leaves no room for a train shard after the val shard, before reading
+    anything: the trainer needs both (it would only say "run fineweb.py", which says "nothing to do")."""
+    if args.max_tokens is not None and args.max_tokens <= args.shard_size:
+        fix = (f"pass --shard_size {suggest_shard_size(args.max_tokens)} or smaller, or a larger --max_tokens"
+               if args.max_tokens > 1 else "pass a larger --max_tokens")
+        raise UserError(f"--max_tokens {args.max_tokens:,} is not more than --shard_size {args.shard_size:,}: everything "
+                        f"would go to the val shard and no train shard would be written; {fix}")
+
+
+def check_enough_tokens(args, ds, writer):
+    """At the end of the input, before the last shard is written: refuse an input with no document,
+    or one that all fits in the val shard (no shard is written yet then, see ShardWriter)."""
+    total, size = writer.total, writer.shard_size
+    if total == 0:
+        raise UserError(f"no documents found in {describe_source(args, ds)} (empty documents are skipped); "
+                        "check the --source files")
+    if not writer.manifest["shards"] and total <= size:
+        raise UserError(f"{describe_source(args, ds)} holds only {total:,} tokens, "
+                        f"{'exactly' if total == size else 'less than'} one --shard_size ({size:,}): everything would go "
+                        f"to the val shard and no train shard would be written; pass --shard_size "
+                        f"{suggest_shard_size(total)} or smaller")
+
+
+def with_next_step(e, out_dir, shards, file_starts):
+    """A problem inside an input file (e.input_file): end its message with what will actually work.
+
+    Nothing finished: fixing the file and re-running just works (the run left no manifest behind).
+    Shards finished: the fixed file has another size than the settings they were made with record, so
+    the re-run is refused as "different settings"; only a fresh --local_dir (or deleting it) works.
+    file_starts: input file -> index of its first document, None when it begins before the resume point.
     """
-    t0 = time.time()
-    ds = DATASETS[args.dataset]
-    out_dir = Path(args.local_dir) if args.local_dir else Path(__file__).resolve().parent / ds["local_dir"]
-    settings = make_settings(args)
-    manifest, is_new = open_output(out_dir, settings)
-    shards = manifest["shards"]
-    if manifest["complete"]:
-        t = manifest["totals"]
-        print(f"nothing to do: {out_dir} already holds the finished output ({t['shards']} shards, "
-              f"{t['tokens']:,} tokens from {t['docs']:,} documents)")
-        return dict(t, skipped=True)
+    if not shards:
+        return UserError(f"{e}; {e.fix} and re-run")
+    start = file_starts.get(e.input_file)
+    last = shards[-1]
+    if start is None or (start, 0) < (last["end_doc"], last["end_offset"]):
+        why = f"its {len(shards)} finished shards hold tokens from {e.read_part or 'it'}"
+    else:
+        why = (f"its {len(shards)} finished shards came from the files before it, but the settings they were made "
+               "with record this file's size")
+    return UserError(f"{e}; {e.fix}, then delete {out_dir} ({why}) or use another --local_dir")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in out_dir.glob(f"{settings['prefix']}_*.npy.tmp"):
-        tmp.unlink()  # half-written shard of a killed run: never finished, redone below
-    if is_new:
-        write_manifest(out_dir, manifest)  # claim the folder for these settings
-    get_encoding()  # fail early (before reading anything) if the tokenizer is unavailable
 
+def missing_dirs(path):
+    """path and those of its parents that do not exist yet, deepest first: what mkdir(parents=True) creates."""
+    missing, path = [], path.absolute()
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def forget_failed_run(out_dir, created_dirs):
+    """A run that finished no shard leaves the output as it found it: no manifest claiming settings (so
+    the corrected re-run, e.g. with another --shard_size, starts fresh) and none of the folders it made."""
+    if not any(SHARD_RE.match(p.name) for p in out_dir.glob("*.npy")):
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    for d in created_dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break  # not empty: leave it
+
+
+def write_all_shards(args, ds, settings, out_dir, manifest, executor=None):
+    """Tokenize the input, from where the finished shards end, into shards -> (writer, empty docs skipped).
+
+    Raises UserError on bad input; for a bad input file the message ends with what to do next.
+    """
     writer = ShardWriter(out_dir, manifest)
     skip_docs, skip_tokens = writer.pos
-    if shards:
-        print(f"resuming {out_dir}: {len(shards)} shards ({writer.tokens_done:,} tokens) already finished; "
+    if manifest["shards"]:
+        print(f"resuming {out_dir}: {len(manifest['shards'])} shards ({writer.tokens_done:,} tokens) already finished; "
               f"continuing at document {skip_docs:,}" + (f", token {skip_tokens:,}" if skip_tokens else ""))
 
     if settings["input"]["type"] == "files":
@@ -751,7 +937,6 @@ def run(args, executor=None):
     if args.max_tokens is not None:
         total = args.max_tokens if total is None else min(total, args.max_tokens)
 
-    tokens_before = writer.tokens_done
     own_executor = executor is None
     if own_executor:
         executor = make_executor(args.workers)
@@ -763,25 +948,38 @@ def run(args, executor=None):
                   f"{shard['end_doc'] - (shard['end_offset'] == 0):,})", file=sys.stdout)
     writer.on_shard = on_shard
 
+    file_starts = {}  # input file -> index of its first document (None: it begins before the resume point)
+    empty_docs = 0
     batches = tokenize_documents(segments, executor, max_inflight=2 * args.workers + 1)
     try:
-        if not writer.full:
-            first = True
-            for tokens, lengths in batches:
-                if first and skip_tokens:  # a shard boundary cut this document: drop what was written
-                    if lengths[0] <= skip_tokens:
-                        raise FinewebError(f"document {skip_docs} is shorter than the manifest says; the input changed "
-                                           f"since the finished shards were made: delete {out_dir} to start over")
-                    tokens, lengths = tokens[skip_tokens:], lengths.copy()
-                    lengths[0] -= skip_tokens
-                first = False
-                before = writer.total
-                writer.add(tokens, lengths)
-                if progress is not None and args.max_tokens is None:
-                    bar.total = max(writer.total, progress.estimate_total(writer.total) or 0)
-                bar.update(writer.total - before)
-                if writer.full:
-                    break
+        try:
+            if not writer.full:
+                for tokens, lengths, marks in batches:
+                    for path, docs_before, before_resume in marks:
+                        file_starts[path] = None if before_resume else writer.pos[0] + docs_before
+                    if skip_tokens and len(lengths):  # a shard boundary cut this document: drop what was written
+                        if lengths[0] <= skip_tokens:
+                            raise UserError(f"document {skip_docs} is shorter than the manifest says; the input changed "
+                                            f"since the finished shards were made: delete {out_dir} to start over")
+                        tokens, lengths = tokens[skip_tokens:], lengths.copy()
+                        lengths[0] -= skip_tokens
+                        skip_tokens = 0
+                    empty_docs += int(np.count_nonzero(lengths == 0))
+                    before = writer.total
+                    writer.add(tokens, lengths)
+                    if progress is not None and args.max_tokens is None:
+                        bar.total = max(writer.total, progress.estimate_total(writer.total) or 0)
+                    bar.update(writer.total - before)
+                    if writer.full:
+                        break
+                if skip_tokens:
+                    raise UserError(f"document {skip_docs} is missing; the input changed since the finished shards "
+                                    f"were made: delete {out_dir} to start over")
+        except UserError as e:
+            if e.input_file is None:
+                raise
+            raise with_next_step(e, out_dir, manifest["shards"], file_starts) from None
+        check_enough_tokens(args, ds, writer)
         writer.finish_shard()  # the last shard holds the rest
     finally:
         batches.close()  # cancels encodes still queued
@@ -790,10 +988,46 @@ def run(args, executor=None):
             # the interpreter's exit in CPython 3.11 ("Bad file descriptor" noise on stderr)
             executor.shutdown(wait=True, cancel_futures=True)
         bar.close()
+    return writer, empty_docs
 
-    docs = writer.pos[0] + (writer.pos[1] > 0)
-    if docs == 0:
-        raise FinewebError(f"no documents found in {', '.join(args.source) if args.source else ds['hub']}")
+
+def run(args, executor=None):
+    """The whole job; returns the summary dict. Raises UserError on bad input/output dir.
+
+    executor: what encodes the batches (default: make_executor(args.workers)); the benchmark passes
+    a thread pool here to compare the two.
+    """
+    t0 = time.time()
+    ds = DATASETS[args.dataset]
+    out_dir = Path(args.local_dir) if args.local_dir else Path(__file__).resolve().parent / ds["local_dir"]
+    settings = make_settings(args)
+    manifest = open_output(out_dir, settings)
+    shards = manifest["shards"]
+    if manifest["complete"]:
+        t = manifest["totals"]
+        if t["shards"] == 1:  # made before fineweb.py refused inputs that fit in the val shard
+            raise UserError(f"{out_dir} holds only a val shard ({t['tokens']:,} tokens) and no train shard (an older "
+                            f"fineweb.py made it); delete {out_dir} and re-run with --shard_size "
+                            f"{suggest_shard_size(t['tokens'])} or smaller")
+        print(f"nothing to do: {out_dir} already holds the finished output ({t['shards']} shards, "
+              f"{t['tokens']:,} tokens from {t['docs']:,} documents)")
+        return dict(t, skipped=True)
+    check_split(args)
+    get_encoding()  # fail early (before reading anything) if the tokenizer is unavailable
+
+    created = missing_dirs(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # now, so that a bad --local_dir fails before any work
+    for tmp in out_dir.glob(f"{settings['prefix']}_*.npy.tmp"):
+        tmp.unlink()  # half-written shard of a killed run: never finished, redone below
+    tokens_before = sum(s["tokens"] for s in shards)
+    try:
+        writer, empty_docs = write_all_shards(args, ds, settings, out_dir, manifest, executor)
+    except UserError:
+        if not shards:
+            forget_failed_run(out_dir, created)
+        raise
+
+    docs = writer.pos[0] + (writer.pos[1] > 0)  # documents read, empty ones included (their numbering)
     elapsed = time.time() - t0
     new_tokens = writer.tokens_done - tokens_before
     totals = dict(docs=docs, tokens=writer.tokens_done, shards=len(shards))
@@ -801,7 +1035,8 @@ def run(args, executor=None):
     write_manifest(out_dir, manifest)
     print(f"done: {docs:,} documents, {writer.tokens_done:,} tokens ({_fmt_tokens(writer.tokens_done)}) in "
           f"{len(shards)} shards (1 val + {len(shards) - 1} train) in {out_dir}; this run: "
-          f"{_fmt_tokens(new_tokens)} tokens in {elapsed:.1f}s, {new_tokens / max(elapsed, 1e-9) / 1e6:.2f}M tokens/s")
+          f"{_fmt_tokens(new_tokens)} tokens in {elapsed:.1f}s, {new_tokens / max(elapsed, 1e-9) / 1e6:.2f}M tokens/s"
+          + (f", {empty_docs:,} empty documents skipped" if empty_docs else ""))
     return dict(totals, seconds=elapsed, new_tokens=new_tokens, skipped=False)
 
 
@@ -809,7 +1044,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except FinewebError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

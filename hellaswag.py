@@ -6,6 +6,10 @@ scored by the language-model loss of its tokens. The ending with the lowest loss
     acc       pick = ending with the smallest SUM of its token losses
     acc_norm  pick = ending with the smallest MEAN loss per ending token (the headline number)
 
+Rows longer than the model's block size: every example is still scored; a row (context + ending)
+longer than max_len keeps its last max_len tokens (the context is cut from the left), and only the
+ending tokens that still have a token before them are scored.
+
 Reference numbers (val set, 10,042 examples, this rendering; from build-nanogpt):
     gpt2 (124M)     acc 0.2859  acc_norm 0.2955  (its hellaswag.py, fp32); the baseline line in
                     its training plot is acc_norm 0.2945 (0.294463)
@@ -28,18 +32,33 @@ script, or in --data_dir / $HELLASWAG_DIR. A file already there is used without 
 """
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.request
+import zipfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import train_gpt2  # model, devices, dtypes, tokenizer, atomic writes: one copy, shared with the trainer
+
+# the one exception class for user-facing errors: the trainer prints it as one `error:` line too
+UserError = train_gpt2.UserError
+
+
+# the rule for rows that are too long, as the module docstring says it (the trainer's --help repeats it)
+TRUNCATION_RULE = ("every example is still scored; a row (context + ending) longer than max_len keeps its last "
+                   "max_len tokens (the context is cut from the left), and only the ending tokens that still "
+                   "have a token before them are scored")
+
+
+# should_stop() returned True: the eval stopped early and has no result (the trainer's class)
+Interrupted = train_gpt2.Interrupted
+
 
 # -----------------------------------------------------------------------------
 # data: download once into a cache dir, then read from there
@@ -48,10 +67,6 @@ SPLITS = ("train", "val", "test")
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 # sha256 of the official val file; a fresh download of val must match it
 KNOWN_SHA256 = {"val": "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"}
-
-
-class HellaSwagDataError(RuntimeError):
-    """Missing or undownloadable data. The message is one line, meant for the user."""
 
 
 def default_data_dir():
@@ -63,37 +78,41 @@ def default_data_dir():
 
 def split_path(split, data_dir=None):
     if split not in SPLITS:
-        raise ValueError(f"unknown HellaSwag split {split!r} (choose from {', '.join(SPLITS)})")
+        raise UserError(f"unknown HellaSwag split {split!r}; use val or train (test has no labels)")
     return os.path.join(data_dir or default_data_dir(), f"hellaswag_{split}.jsonl")
 
 
+def _one_line(e):
+    """An exception as one line of text, for error messages."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _fetch(url, out_path, expected_sha256=None, chunk_size=1 << 20):
+    """Stream url into out_path; raise OSError when fewer bytes than Content-Length arrived or
+    the sha256 differs, so atomic_write throws the partial file away."""
+    sha = hashlib.sha256()
+    n_bytes = 0
+    with urllib.request.urlopen(url, timeout=60) as resp, open(out_path, "wb") as f:
+        expected_len = resp.headers.get("Content-Length") if resp.headers is not None else None
+        while True:
+            chunk = resp.read(chunk_size)
+            if not chunk:
+                break
+            f.write(chunk)
+            sha.update(chunk)
+            n_bytes += len(chunk)
+    if expected_len is not None and n_bytes != int(expected_len):
+        raise OSError(f"truncated download: got {n_bytes} of {int(expected_len)} bytes")
+    if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
+        raise OSError(f"sha256 mismatch: got {sha.hexdigest()}, expected {expected_sha256}")
+
+
 def download_file(url, path, expected_sha256=None, chunk_size=1 << 20):
-    """Download url to path. Writes to a hidden temp name in the same dir and renames it only
-    when complete (byte count == Content-Length when the server sends one, sha256 matches when
-    known), so an interrupted or truncated download never leaves a file that looks finished."""
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix="." + os.path.basename(path) + ".", suffix=".part")
-    try:
-        sha = hashlib.sha256()
-        n_bytes = 0
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as resp:
-            expected_len = resp.headers.get("Content-Length") if resp.headers is not None else None
-            while True:
-                chunk = resp.read(chunk_size)
-                if not chunk:
-                    break
-                f.write(chunk)
-                sha.update(chunk)
-                n_bytes += len(chunk)
-        if expected_len is not None and n_bytes != int(expected_len):
-            raise OSError(f"truncated download: got {n_bytes} of {int(expected_len)} bytes")
-        if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
-            raise OSError(f"sha256 mismatch: got {sha.hexdigest()}, expected {expected_sha256}")
-        os.replace(tmp_path, path)  # atomic: the finished name appears only now
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    """Download url to path. The final name appears only when the download is complete and its
+    checks passed (train_gpt2.atomic_write: temp file, fsync, rename; temp removed on failure),
+    so an interrupted or truncated download never leaves a file that looks finished."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    train_gpt2.atomic_write(path, lambda tmp: _fetch(url, tmp, expected_sha256, chunk_size))
 
 
 def ensure_split(split="val", data_dir=None):
@@ -106,78 +125,185 @@ def ensure_split(split="val", data_dir=None):
     try:
         download_file(url, path, expected_sha256=KNOWN_SHA256.get(split))
     except Exception as e:  # network down, HTTP error, truncated, bad hash, disk full, ...
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise HellaSwagDataError(
-            f"could not download {url} ({reason}); place hellaswag_{split}.jsonl in "
-            f"{os.path.abspath(data_dir)} or set HELLASWAG_DIR to a dir that has it") from None
+        raise UserError(f"could not download {url} ({_one_line(e)}); place hellaswag_{split}.jsonl in "
+                        f"{os.path.abspath(data_dir)} or set HELLASWAG_DIR to a dir that has it") from None
     return path
+
+# -----------------------------------------------------------------------------
+# validation: bad data fails up front with the line to fix, never mid-run
+
+
+def _json_type(value):
+    """The JSON name of a parsed value's type, for messages about a jsonl line."""
+    names = {dict: "a JSON object", list: "a JSON array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_label(value):
+    """The label as an int 0..3 (an int, or a digit string as some copies of the data have),
+    else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 4:
+        return value
+    return None
+
+
+def example_problem(example, need_label=True):
+    """What is wrong with one example (a parsed jsonl line), as a phrase that reads after a colon;
+    None if it is usable."""
+    if not isinstance(example, dict):
+        return f'{_json_type(example)}, expected a JSON object with "ctx", "endings" and "label"'
+    for key in ("ctx", "endings") + (("label",) if need_label else ()):
+        if key not in example:
+            return f'no "{key}" key'
+    ctx, endings = example["ctx"], example["endings"]
+    if not isinstance(ctx, str):
+        return f'"ctx" is {_json_type(ctx)}, expected a string'
+    if not ctx:
+        # the first ending token would have nothing before it to be predicted from
+        return '"ctx" is empty'
+    if not isinstance(endings, list):
+        return f'"endings" is {_json_type(endings)}, expected a list of 4 strings'
+    if len(endings) != 4:
+        return f'"endings" has {len(endings)} entries, expected 4'
+    for i, ending in enumerate(endings):
+        if not isinstance(ending, str):
+            return f'"endings"[{i}] is {_json_type(ending)}, expected a string'
+    if need_label and parse_label(example["label"]) is None:
+        return f'"label" is {json.dumps(example["label"])}, expected 0, 1, 2 or 3'
+    return None
+
+
+def check_examples(examples):
+    """Labels (ints) of in-memory examples; UserError naming the first unusable one. Both
+    evaluators call it on ALL examples (on every DDP rank), so they refuse exactly the same
+    inputs and all ranks fail together instead of one rank hanging in a collective."""
+    labels = []
+    for i, example in enumerate(examples):
+        problem = example_problem(example)
+        if problem is not None:
+            hint = " (the HellaSwag test split is unlabeled: use val or train)" if '"label"' in problem else ""
+            raise UserError(f"HellaSwag example {i}: {problem}{hint}")
+        labels.append(parse_label(example["label"]))
+    return labels
+
+
+def read_examples(path, limit=None, need_label=True):
+    """Parse and validate a jsonl file. A bad line is a UserError naming the file and its 1-based
+    line number; the labels of usable examples become ints."""
+    fix = "fix that line, or delete the file to download it again"
+    examples = []
+    try:
+        with open(path, "rb") as f:  # bytes, so a non-UTF-8 line is reported with its number too
+            for line_no, raw in enumerate(f, start=1):
+                if limit is not None and len(examples) >= limit:
+                    break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{path} line {line_no}: not UTF-8 text; {fix}") from None
+                if not line.strip():
+                    continue
+                try:
+                    example = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} line {line_no}: not valid JSON ({e.msg} at column {e.colno}); "
+                                    f"{fix}") from None
+                problem = example_problem(example, need_label)
+                if problem is not None:
+                    raise UserError(f"{path} line {line_no}: {problem}; {fix}")
+                if need_label:
+                    example["label"] = parse_label(example["label"])
+                examples.append(example)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({_one_line(e)})") from None
+    if not examples:
+        raise UserError(f"{path} holds no examples; delete it to download it again, "
+                        f"or set HELLASWAG_DIR to a dir with a good copy")
+    return examples
 
 
 def load_examples(split="val", data_dir=None, limit=None):
-    """The examples of a split as a list of dicts (keys ctx, endings, label, ...), in file order."""
+    """The first `limit` (None = all) examples of a split as a list of dicts (keys ctx, endings,
+    label as an int, ...), in file order. Validated: see example_problem()."""
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be >= 1 (or None for all examples), got {limit}")
     path = ensure_split(split, data_dir)
-    examples = []
-    with open(path, "r", encoding="utf-8") as f:
-        for line in f:
-            if limit is not None and len(examples) >= limit:
-                break
-            if line.strip():
-                examples.append(json.loads(line))
-    return examples
+    return read_examples(path, limit, need_label=split != "test")
 
 # -----------------------------------------------------------------------------
-# rendering: exactly as build-nanogpt defines it
-
-_ENCODER = None
-
-
-def get_encoder():
-    global _ENCODER
-    if _ENCODER is None:
-        import tiktoken  # imported lazily: honours TIKTOKEN_CACHE_DIR set by the caller
-        _ENCODER = tiktoken.get_encoding("gpt2")
-    return _ENCODER
+# rendering: exactly as build-nanogpt defines it, plus the rule for rows that are too long
 
 
 def tokenize_example(example, enc=None):
-    """-> (ctx_tokens, [end_tokens x 4], label). Each ending gets a leading space because in
-    GPT-2's BPE the space belongs to the following word."""
-    enc = enc or get_encoder()
-    ctx_tokens = enc.encode(example["ctx"])
-    end_tokens = [enc.encode(" " + ending) for ending in example["endings"]]
-    label = example.get("label")
-    if isinstance(label, str) and label.strip().isdigit():
-        label = int(label)
-    return ctx_tokens, end_tokens, label
+    """-> (ctx_tokens, [end_tokens x 4], label or None). Each ending gets a leading space because
+    in GPT-2's BPE the space belongs to the following word. encode_ordinary == build-nanogpt's
+    encode on ordinary text, but a literal "<|endoftext|>" in the data is plain text to it, where
+    encode would raise mid-run."""
+    enc = enc or train_gpt2.get_encoding()
+    ctx_tokens = enc.encode_ordinary(example["ctx"])
+    end_tokens = [enc.encode_ordinary(" " + ending) for ending in example["endings"]]
+    return ctx_tokens, end_tokens, parse_label(example.get("label"))
 
 
-def render_example(example, enc=None):
-    """-> tokens (4, T) int64, mask (4, T) int64, label. Row i = context + ending i, right-padded
-    with 0 to the longest row; mask is 1 over the ending tokens only (the ones that get scored)."""
+def fit_row(ctx_tokens, end_tokens, max_len=None):
+    """-> (row, n_ctx): context + ending, and how many of its first tokens are context. A row
+    longer than max_len keeps its last max_len tokens, so the context is cut from the left (as
+    lm-evaluation-harness does for loglikelihood requests: HFLM._loglikelihood_tokens keeps
+    (context_enc + continuation_enc)[-(max_length + 1):][:-1]; it can keep one token more because
+    it never feeds the last token, we feed whole rows). An ending longer than max_len loses its
+    own first tokens too (n_ctx = 0)."""
+    row = ctx_tokens + end_tokens
+    n_ctx = len(ctx_tokens)
+    if max_len is not None and len(row) > max_len:
+        cut = len(row) - max_len
+        row = row[cut:]
+        n_ctx = max(n_ctx - cut, 0)
+    return row, n_ctx
+
+
+def count_truncated(examples, max_len, enc=None):
+    """How many examples have at least one row (context + ending) longer than max_len, i.e. are
+    scored on a context cut from the left. 0 when max_len is None (no limit)."""
+    if max_len is None:
+        return 0
+    enc = enc or train_gpt2.get_encoding()
+    n = 0
+    for example in examples:
+        # a GPT-2 token covers at least one byte: a row with <= max_len bytes needs no tokenizing
+        # (at block size 1024 that is every HellaSwag row, so the trainer's up-front count is free)
+        n_bytes = len(example["ctx"].encode()) + 1 + max(len(e.encode()) for e in example["endings"])
+        if n_bytes <= max_len:
+            continue
+        ctx_tokens, end_tokens, _ = tokenize_example(example, enc)
+        n += int(len(ctx_tokens) + max(len(end) for end in end_tokens) > max_len)
+    return n
+
+
+def render_example(example, enc=None, max_len=None):
+    """-> tokens (4, T) int64, mask (4, T) int64, label. Row i = context + ending i (cut to its
+    last max_len tokens, see fit_row), right-padded with 0 to the longest row; mask is 1 over the
+    ending tokens that remain. The evaluators score mask[:, 1:]: position 0 has no logits before it."""
     ctx_tokens, end_tokens, label = tokenize_example(example, enc)
-    rows = [ctx_tokens + end for end in end_tokens]
-    T = max(len(row) for row in rows)
+    rows = [fit_row(ctx_tokens, end, max_len) for end in end_tokens]
+    T = max(len(row) for row, _ in rows)
     tokens = torch.zeros((len(rows), T), dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, end in enumerate(end_tokens):
-        tokens[i, :len(rows[i])] = torch.tensor(rows[i])
-        mask[i, len(ctx_tokens):len(rows[i])] = 1
+    for i, (row, n_ctx) in enumerate(rows):
+        tokens[i, :len(row)] = torch.tensor(row)
+        mask[i, n_ctx:len(row)] = 1
     return tokens, mask, label
 
 # -----------------------------------------------------------------------------
 # shared evaluation helpers
 
-
-def _check_label(label, index):
-    if not isinstance(label, int) or not 0 <= label < 4:
-        raise ValueError(f"example {index} has no usable label ({label!r}); "
-                         "the HellaSwag test split is unlabeled, use val or train")
-
-
-def _autocast(device, autocast_dtype):
-    if autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype)
+# should_stop() is called every this many forward passes. The trainer's should_stop all-reduces a
+# flag and reads it back, a host sync (~0.1 ms plus a GPU bubble of about one batch build, ~1 ms)
+# that stalls the queue of async forwards; 8 forwards of 4*batch_size rows take >= ~40 ms even on
+# an H100 (124M, batch 32), so the checks cost ~2%, and a stop still lands within 8 forwards.
+STOP_CHECK_EVERY = 8
 
 
 def _model_block_size(model):
@@ -196,6 +322,30 @@ def _model_block_size(model):
     return None
 
 
+def resolve_max_len(model, max_len=None):
+    """max_len as both evaluators use it: None = the model's block size, or no limit when the
+    model does not expose one."""
+    if max_len is None:
+        max_len = _model_block_size(model)
+    if max_len is not None and max_len < 2:
+        raise UserError(f"max_len must be >= 2 (one context token plus one scored token), got {max_len}")
+    return max_len
+
+
+def _autocast(dtype, device):
+    """The trainer's autocast for a dtype name (auto / bf16 / fp16 / fp32)."""
+    if dtype not in train_gpt2.DTYPES:
+        # autocast_ctx would silently run fp32 for anything else (e.g. torch.bfloat16)
+        raise UserError(f"dtype {dtype!r}: use one of {', '.join(train_gpt2.DTYPES)}")
+    dtype = train_gpt2.choose_dtype(dtype, device)
+    return train_gpt2.autocast_ctx(device.type, dtype)
+
+
+def _check_stop(should_stop):
+    if should_stop is not None and should_stop():
+        raise Interrupted("HellaSwag eval stopped early: should_stop() returned True")
+
+
 def _result(n, correct, correct_norm, seconds, predictions=None):
     out = {
         "examples": int(n),
@@ -211,22 +361,29 @@ def _result(n, correct, correct_norm, seconds, predictions=None):
 
 
 @torch.no_grad()
-def evaluate_reference(model, examples, device, *, autocast_dtype=None, return_predictions=False,
-                       progress=False):
+def evaluate_reference(model, examples, device, *, dtype="fp32", max_len=None, should_stop=None,
+                       return_predictions=False, progress=False):
     """The anchor's algorithm: one example = one (4, T) forward pass, uncompiled shapes.
-    Slow; kept as the ground truth that evaluate() must match. predictions: (index, pred, pred_norm)."""
+    Slow; kept as the ground truth that evaluate() must match. Arguments as evaluate();
+    should_stop is called every STOP_CHECK_EVERY examples. predictions: (index, pred, pred_norm)."""
     from tqdm import tqdm
     t0 = time.time()
+    device = torch.device(device)
+    labels = check_examples(examples)
+    max_len = resolve_max_len(model, max_len)
+    amp = _autocast(dtype, device)
+    enc = train_gpt2.get_encoding()
     was_training = model.training
     model.eval()
     correct = correct_norm = 0
     predictions = []
     try:
         for i, example in enumerate(tqdm(examples, desc="hellaswag (reference)", disable=not progress)):
-            tokens, mask, label = render_example(example)
-            _check_label(label, i)
+            if i % STOP_CHECK_EVERY == 0:
+                _check_stop(should_stop)
+            tokens, mask, _ = render_example(example, enc, max_len)
             tokens, mask = tokens.to(device), mask.to(device)
-            with _autocast(device, autocast_dtype):
+            with amp:
                 logits, _ = model(tokens)  # (4, T, V)
             # the loss of token t comes from the logits at t-1
             shift_logits = logits[:, :-1, :].float()  # (4, T-1, V)
@@ -234,13 +391,13 @@ def evaluate_reference(model, examples, device, *, autocast_dtype=None, return_p
             losses = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
                                      shift_tokens.reshape(-1), reduction="none")
             losses = losses.view(tokens.size(0), -1)  # (4, T-1)
-            shift_mask = mask[:, 1:].float()  # (4, T-1), 1 on the ending tokens
+            shift_mask = mask[:, 1:].float()  # (4, T-1), 1 on the scored ending tokens
             sum_loss = (losses * shift_mask).sum(dim=1)  # (4,)
             avg_loss = sum_loss / shift_mask.sum(dim=1)  # (4,)
             pred = int(sum_loss.argmin().item())
             pred_norm = int(avg_loss.argmin().item())
-            correct += int(pred == label)
-            correct_norm += int(pred_norm == label)
+            correct += int(pred == labels[i])
+            correct_norm += int(pred_norm == labels[i])
             predictions.append((i, pred, pred_norm))
     finally:
         model.train(was_training)
@@ -255,6 +412,14 @@ def shard_indices(n, rank=0, world_size=1):
     """Indices of the examples this rank evaluates. Strided, so every rank gets a similar mix of
     lengths and the shards are disjoint and cover range(n)."""
     return list(range(rank, n, world_size))
+
+
+def num_batch_slots(n_examples, world_size, batch_size):
+    """Forward passes of the busiest rank: rank 0's shard has ceil(n / world_size) examples and
+    every batch holds batch_size of them (4*batch_size rows), so every rank knows this number
+    without tokenizing the other shards."""
+    most = -(-n_examples // world_size)
+    return -(-most // batch_size)
 
 
 def bucket_length(length, multiple=32, cap=None):
@@ -288,8 +453,8 @@ def _build_batch(row_ids, T, rows_per_batch, row_tokens, ctx_lens):
     for b, r in enumerate(row_ids):
         toks = row_tokens[r]
         idx[b, :len(toks)] = toks
-        # ending token t is predicted by the logits at t-1; like the anchor, position 0 is never
-        # scored (it has no logits before it), which only matters for an empty context
+        # ending token t is predicted by the logits at t-1; like the reference, position 0 is never
+        # scored (it has no logits before it), which matters when a cut row starts inside its ending
         start = max(ctx_lens[r], 1)
         t = np.arange(start, len(toks))
         flat_pos.append(b * T + t - 1)
@@ -299,23 +464,41 @@ def _build_batch(row_ids, T, rows_per_batch, row_tokens, ctx_lens):
     return idx, cat(flat_pos), cat(targets), cat(owners)
 
 
+def _to_device(array, device):
+    """One host->device copy. On CUDA from pinned memory with non_blocking, so it is truly async
+    (from pageable memory the copy waits for the GPU to drain and the CPU cannot run ahead). On
+    MPS and CPU a plain copy: non_blocking from unpinned memory on MPS has been reported to
+    silently corrupt data (pytorch/pytorch#139550, #189690)."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @torch.no_grad()
-def evaluate(model, examples, device, *, batch_size=None, autocast_dtype=None, rank=0, world_size=1,
-             progress=False, return_predictions=False, bucket_multiple=None, loss_chunk=None):
+def evaluate(model, examples, device, *, dtype="fp32", rank=0, world_size=1, batch_size=None,
+             max_len=None, should_stop=None, progress=False, return_predictions=False,
+             bucket_multiple=None, loss_chunk=None):
     """Batched HellaSwag eval. Same predictions as evaluate_reference(), much faster.
 
     model: called as `logits, _ = model(idx)` with idx (B, T) int64 (plain, torch.compile'd or
         DDP-unwrapped module). Its training mode is restored afterwards.
+    dtype: the trainer's name, "fp32" (no autocast), "bf16", "fp16" or "auto" (train_gpt2.choose_dtype);
+        the losses are always computed in fp32.
+    rank, world_size: with world_size > 1 (torch.distributed initialized) this rank evaluates
+        examples[rank::world_size] and counts are all-reduced, so every rank returns the global
+        result. Its "predictions" (if asked for) are only this rank's.
     batch_size: examples per forward pass (default 32 on a GPU, 8 on CPU); every forward has
         exactly 4*batch_size rows and a length T that is a multiple of bucket_multiple.
+    max_len: longest row fed to the model, default the model's block size (None when it has none
+        = no limit); longer rows are cut from the left (fit_row), exactly as evaluate_reference.
+    should_stop: optional, called with no arguments on every rank the same number of times (every
+        STOP_CHECK_EVERY batch slots), so it may be a collective; when it returns True this raises
+        Interrupted (training mode restored, no result).
     bucket_multiple: default 32 on a GPU, so a compiled model sees few shapes (HellaSwag val:
         T in {32, 64, ..., 192}, 6 shapes, fewer than dynamo's recompile limit of 8 even with
         dynamic=False), at ~17% padding. Default 8 on CPU, where compute dominates and the
         padding cost more than the shapes (GPT-2 124M: 16% slower with 32).
-    autocast_dtype: e.g. torch.bfloat16 on CUDA; the losses are always computed in fp32.
-    rank, world_size: with world_size > 1 (torch.distributed initialized) this rank evaluates
-        examples[rank::world_size] and counts are all-reduced, so every rank returns the global
-        result. Its "predictions" (if asked for) are only this rank's.
     loss_chunk: scored positions per fp32 cross-entropy chunk; bounds the memory of the fp32
         copy of the logits to loss_chunk * vocab * 4 bytes. Default 4096 on a GPU (about one chunk
         per batch), 64 on CPU (there, buffers over 32 MB are fresh mmaps that page-fault on every
@@ -325,36 +508,38 @@ def evaluate(model, examples, device, *, batch_size=None, autocast_dtype=None, r
     """
     from tqdm import tqdm
     t0 = time.time()
-    on_cuda = torch.device(device).type == "cuda"
-    on_cpu = torch.device(device).type == "cpu"
+    device = torch.device(device)
+    on_cpu = device.type == "cpu"
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"HellaSwag batch size must be >= 1, got {batch_size}")
     batch_size = batch_size or (8 if on_cpu else 32)
     loss_chunk = loss_chunk or (64 if on_cpu else 4096)
     bucket_multiple = bucket_multiple or (8 if on_cpu else 32)
     if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError("world_size > 1 needs torch.distributed to be initialized")
+    all_labels = check_examples(examples)  # every rank checks every example: all fail, or none
+    max_len = resolve_max_len(model, max_len)
+    amp = _autocast(dtype, device)
     my_indices = shard_indices(len(examples), rank, world_size)
 
     # tokenize this rank's examples only; flatten into 4 rows per example
-    enc = get_encoder()
+    enc = train_gpt2.get_encoding()
     labels, row_tokens, ctx_lens = [], [], []
     for i in my_indices:
-        ctx, ends, label = tokenize_example(examples[i], enc)
-        _check_label(label, i)
-        if len(ends) != 4:
-            raise ValueError(f"example {i} has {len(ends)} endings, expected 4")
-        labels.append(label)
+        ctx, ends, _ = tokenize_example(examples[i], enc)
+        labels.append(all_labels[i])
         for end in ends:
-            row_tokens.append(ctx + end)
-            ctx_lens.append(len(ctx))
+            row, n_ctx = fit_row(ctx, end, max_len)
+            row_tokens.append(row)
+            ctx_lens.append(n_ctx)
     n_rows = len(row_tokens)
     row_lengths = np.array([len(r) for r in row_tokens], dtype=np.int64)
-
-    cap = _model_block_size(model)
-    if cap is not None and n_rows and row_lengths.max() > cap:
-        raise ValueError(f"a HellaSwag row has {row_lengths.max()} tokens, more than the model's "
-                         f"block size {cap}")
     rows_per_batch = 4 * batch_size
-    batches = plan_batches(row_lengths, rows_per_batch, bucket_multiple, cap)
+    batches = plan_batches(row_lengths, rows_per_batch, bucket_multiple, max_len)
+    # every rank walks the same number of batch slots, so should_stop (a collective) is called
+    # equally often everywhere; a rank with fewer batches idles through the last slots
+    n_slots = num_batch_slots(len(examples), world_size, batch_size)
+    assert len(batches) <= n_slots
     # ending-token counts per row are known up front (position 0 is never scored)
     row_counts = row_lengths - np.maximum(np.array(ctx_lens, dtype=np.int64), 1)
 
@@ -363,18 +548,18 @@ def evaluate(model, examples, device, *, batch_size=None, autocast_dtype=None, r
     # per-row sums stay on the device: no host sync until the very end
     row_loss = torch.zeros(n_rows, dtype=torch.float32, device=device)
     try:
-        for row_ids, T in tqdm(batches, desc="hellaswag", disable=not progress or rank != 0):
+        for slot in tqdm(range(n_slots), desc="hellaswag", disable=not progress or rank != 0):
+            if slot % STOP_CHECK_EVERY == 0:
+                _check_stop(should_stop)
+            if slot >= len(batches):
+                continue
+            row_ids, T = batches[slot]
             idx, flat_pos, targets, owners = _build_batch(row_ids, T, rows_per_batch, row_tokens, ctx_lens)
-            # one host->device copy per batch, from pinned memory so it is truly async: a copy
-            # from pageable memory waits for the GPU to drain, and the CPU could not run ahead
-            packed = torch.from_numpy(np.concatenate([idx.ravel(), flat_pos, targets, owners]))
-            if on_cuda:
-                packed = packed.pin_memory()
-            packed = packed.to(device, non_blocking=True)
+            packed = _to_device(np.concatenate([idx.ravel(), flat_pos, targets, owners]), device)
             n_idx, n_sel = idx.size, flat_pos.size
             idx = packed[:n_idx].view(rows_per_batch, T)  # (B, T)
             flat_pos, targets, owners = packed[n_idx:].view(3, n_sel)  # (N_sel,) each
-            with _autocast(device, autocast_dtype):
+            with amp:
                 logits, _ = model(idx)  # (B, T, V)
             logits = logits.reshape(-1, logits.size(-1))  # (B*T, V), a view
             # fp32 cross-entropy only at the scored positions, a chunk at a time
@@ -411,88 +596,107 @@ def evaluate(model, examples, device, *, batch_size=None, autocast_dtype=None, r
 # command line
 
 
-def _fail(message):
-    print(f"hellaswag.py: error: {message}", file=sys.stderr)
-    sys.exit(1)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # the project's rule: one `error:` line and exit 1, instead of argparse's usage + exit 2
+        raise UserError(f"{message} (see --help)")
 
 
-def _import_train_gpt2():
-    """The model code (and device choice) live in train_gpt2.py; imported only by the CLI."""
+def build_parser():
+    p = _Parser(description="HellaSwag (completion style) eval of a GPT-2 model. The last stdout line is "
+                            "JSON: examples, acc, acc_norm, seconds.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF GPT-2 name (gpt2, gpt2-medium, ...) or a local transformers dir")
+    src.add_argument("--checkpoint", help="one of our training checkpoints, e.g. log/model_19073.pt")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="the test split has no labels")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (None: all)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=list(train_gpt2.DTYPES),
+                   help="as the trainer's --dtype: auto = bf16 on CUDA (compute capability >= 8), fp16 on "
+                        "older CUDA, fp32 on CPU/MPS; fp32 = no autocast")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="examples per forward pass, 4 rows each (None: 32 on a GPU, 8 on CPU)")
+    p.add_argument("--compile", type=int, default=0, choices=[0, 1], help="1: torch.compile the model")
+    p.add_argument("--data_dir", default=default_data_dir(),
+                   help="cache dir of the jsonl files ($HELLASWAG_DIR, else hellaswag/ beside this script)")
+    p.add_argument("--reference", action="store_true", help="use the slow one-example-at-a-time loop")
+    return p
+
+
+def get_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def load_checkpoint(path, device):
+    """Our GPT from a training checkpoint, or a UserError saying why the file is not one."""
+    hint = "pass a log/model_NNNNN.pt written by train_gpt2.py"
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint not found: {path}; {hint}")
+    if not os.path.isfile(path):
+        raise UserError(f"--checkpoint {path} is a directory, not a checkpoint; {hint}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"--checkpoint {path} is empty (0 bytes), not a checkpoint of this trainer; {hint}")
+    # torch.save writes a zip archive; anything else (a text file, a log) would only give
+    # torch.load's unpickling errors, which point at weights_only instead of the wrong file
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"--checkpoint {path} is not a checkpoint of this trainer (not a torch.save file); {hint}")
     try:
-        import train_gpt2
-    except ImportError as e:
-        _fail(f"cannot import train_gpt2 (needed to build the model): {e}")
-    return train_gpt2
-
-
-def _load_model(args, device, train_gpt2):
-    """Our GPT from HF weights / a transformers dir (--model) or from a training checkpoint."""
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        _fail(f"checkpoint not found: {args.checkpoint}")
-    try:
-        if args.checkpoint is not None:
-            model = train_gpt2.load_checkpoint_model(args.checkpoint, device)
-        else:
-            model = train_gpt2.GPT.from_pretrained(args.model)
+        return train_gpt2.load_checkpoint_model(path, device)
+    except KeyError as e:
+        raise UserError(f"--checkpoint {path} is not a checkpoint of this trainer (no {e} entry); {hint}") from None
     except Exception as e:
-        what = args.checkpoint if args.checkpoint is not None else args.model
-        _fail(f"could not load model {what!r}: {' '.join(str(e).split()) or type(e).__name__}")
+        raise UserError(f"--checkpoint {path}: cannot load it ({_one_line(e)}); {hint}") from None
+
+
+def load_model(args, device):
+    """Our GPT from a training checkpoint (--checkpoint) or HF weights / a transformers dir (--model)."""
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint, device)
+    try:
+        model = train_gpt2.GPT.from_pretrained(args.model)
+    except Exception as e:
+        raise UserError(f"--model {args.model}: cannot load it ({_one_line(e)}); give a GPT-2 name cached "
+                        f"by transformers or a local transformers dir") from None
     return model.to(device)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="HellaSwag (completion style) eval of a GPT-2 model")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="HF GPT-2 name (gpt2, gpt2-medium, ...) or a local transformers dir")
-    src.add_argument("--checkpoint", help="one of our training checkpoints, e.g. log/model_19073.pt")
-    parser.add_argument("--split", default="val", help="val (default) or train")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, cuda:1, cpu, ...")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="examples per forward pass, 4 rows each (default 32 on a GPU, 8 on cpu)")
-    parser.add_argument("--compile", type=int, default=0, help="1: torch.compile the model")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 autocast on cuda, else fp32), float32 or bfloat16")
-    parser.add_argument("--data_dir", default=None, help="cache dir of the jsonl files (default $HELLASWAG_DIR or hellaswag/)")
-    parser.add_argument("--reference", action="store_true", help="use the slow one-example-at-a-time loop")
-    args = parser.parse_args(argv)
-
-    if args.split not in ("train", "val"):
-        _fail(f"unknown split {args.split!r}: use val or train (the test split has no labels)")
-    if args.limit is not None and args.limit < 1:
-        _fail("--limit must be >= 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        _fail("--batch_size must be >= 1")
-    if args.dtype not in ("auto", "float32", "bfloat16"):
-        _fail(f"unknown --dtype {args.dtype!r}: use auto, float32 or bfloat16")
-    train_gpt2 = _import_train_gpt2()
-    device = train_gpt2.choose_device(args.device, local_rank=0)
-    device_type = torch.device(device).type
-    if device_type == "cuda" and not torch.cuda.is_available():
-        _fail(f"--device {device} but CUDA is not available")
-    autocast_dtype = None
-    if args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda"):
-        autocast_dtype = torch.bfloat16
-
-    try:
-        examples = load_examples(args.split, args.data_dir, args.limit)
-    except (HellaSwagDataError, ValueError, OSError, json.JSONDecodeError) as e:
-        _fail(" ".join(str(e).split()))
-    model = _load_model(args, device, train_gpt2)
+def run(argv=None):
+    args = get_args(argv)
+    device = train_gpt2.resolve_device(args.device, local_rank=0)
+    dtype = train_gpt2.choose_dtype(args.dtype, device)
+    examples = load_examples(args.split, args.data_dir, args.limit)  # bad data fails before the model loads
+    model = load_model(args, device)
+    max_len = _model_block_size(model)
+    n_cut = count_truncated(examples, max_len)
+    if n_cut:
+        print(f"note: {n_cut} of {len(examples)} examples have rows longer than the block size {max_len}; "
+              f"their contexts are cut from the left")
     if args.compile:
         model = torch.compile(model)
-
-    try:
-        if args.reference:
-            result = evaluate_reference(model, examples, device, autocast_dtype=autocast_dtype, progress=True)
-        else:
-            result = evaluate(model, examples, device, batch_size=args.batch_size,
-                              autocast_dtype=autocast_dtype, progress=True)
-    except ValueError as e:
-        _fail(" ".join(str(e).split()))
+    kwargs = {"dtype": dtype, "max_len": max_len, "progress": True}
+    if args.reference:
+        result = evaluate_reference(model, examples, device, **kwargs)
+    else:
+        result = evaluate(model, examples, device, batch_size=args.batch_size, **kwargs)
     print(f"hellaswag {args.split}: {result['num_correct_norm']}/{result['examples']} "
-          f"acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}, {result['seconds']:.1f} s")
+          f"acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f}, {result['seconds']:.1f} s "
+          f"({device}, {dtype})")
     print(json.dumps({"examples": result["examples"], "acc": result["acc"],
                       "acc_norm": result["acc_norm"], "seconds": round(result["seconds"], 3)}))
+
+
+def main(argv=None):
+    try:
+        run(argv)
+    except UserError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Tests for fineweb.py (CPU, offline): shards from --source must be exactly what a direct tiktoken
-reference gives (tokens, cut points, names, np.save bytes); resume after a real SIGKILL; bad input."""
+reference gives (tokens, cut points, names, np.save bytes); resume after a real SIGKILL; bad input
+(one `error:` line, exit 1, earlier output untouched), through the command line."""
 
 import gzip
 import hashlib
@@ -7,6 +8,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,16 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# CI clones the repo next to shared/ (<root>/main beside <root>/shared): use its offline tiktoken cache
-_CACHE = Path(__file__).resolve().parents[2] / "shared/data/tiktoken_cache"
-if _CACHE.is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_CACHE))
-CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpus"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import fineweb
 
-import fineweb  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpus"  # CI clones the repo beside shared/
 
 EOT = 50256
 PREFIX = "edufineweb"
@@ -63,15 +59,19 @@ def make_docs(n, seed, mean_words=60):
     return docs
 
 
-# edge-case documents every input gets: empty, whitespace only, a literal special token (must stay
-# ordinary text), and one long document that spans several small shards
+# edge-case documents every input gets: empty (skipped, no EOT), whitespace only, a literal special
+# token (must stay ordinary text), and one long document that spans several small shards
 EDGE_DOCS = ["", "   \n ", "a literal <|endoftext|> inside stays plain text", " ".join(make_docs(40, 99))]
 
 
 def reference_tokens(enc, texts, max_tokens=None):
-    """[EOT] + encode_ordinary(text) for every doc, concatenated. (N,) uint16"""
+    """[EOT] + encode_ordinary(text) for every non-empty doc, concatenated. (N,) uint16
+
+    build-nanogpt's loop, except that an empty document ("") gets nothing rather than a lone EOT."""
     parts = []
     for t in texts:
+        if t == "":
+            continue
         parts.append([EOT])
         parts.append(enc.encode_ordinary(t))
     flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
@@ -91,7 +91,7 @@ def npy_bytes(arr):
     return buf.getvalue()
 
 
-def assert_shards(out_dir, expected):
+def assert_shards(out_dir, expected, old_entries=0):
     """Output == reference: same files, same tokens, uint16, and byte-identical to np.save."""
     out_dir = Path(out_dir)
     names = sorted(p.name for p in out_dir.glob("*.npy"))
@@ -103,18 +103,23 @@ def assert_shards(out_dir, expected):
         assert (out_dir / name).read_bytes() == npy_bytes(ref)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["complete"]
-    check_manifest(out_dir, manifest)
+    check_manifest(out_dir, manifest, old_entries)
     return manifest
 
 
-def check_manifest(out_dir, manifest):
-    """Shard records chain up: token offsets add up, each shard starts where the previous ended."""
+def check_manifest(out_dir, manifest, old_entries=0):
+    """Shard records chain up: token offsets add up, each shard starts where the previous ended;
+    max_token is the shard's largest token id (the first old_entries come from a manifest without it)."""
     token_start, pos = 0, (0, 0)
     for i, s in enumerate(manifest["shards"]):
         assert s["index"] == i and s["token_start"] == token_start
         assert (s["start_doc"], s["start_offset"]) == pos
         data = (Path(out_dir) / s["file"]).read_bytes()
         assert s["bytes"] == len(data) and s["sha256"] == hashlib.sha256(data).hexdigest()
+        if i < old_entries:
+            assert "max_token" not in s
+        else:
+            assert type(s["max_token"]) is int and s["max_token"] == int(np.load(Path(out_dir) / s["file"]).max())
         token_start += s["tokens"]
         pos = (s["end_doc"], s["end_offset"])
 
@@ -141,9 +146,18 @@ def write_parquet(path, texts, extra_cols=None, row_group_size=None):
     return path
 
 
-def run_cli(*args, env=None, timeout=120):
+def run_cli(*args, env=None, timeout=120, cwd=None):
     return subprocess.run([sys.executable, str(REPO / "fineweb.py"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def run_main(capsys, *args):
+    """fineweb.main(argv) in this process (no interpreter start, no tokenizer load): the same result
+    fields as run_cli, for the tests where a subprocess adds nothing."""
+    capsys.readouterr()
+    code = fineweb.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def snapshot(out_dir):
@@ -158,6 +172,7 @@ def assert_one_line_error(r, *needles):
     assert "Traceback" not in r.stderr + r.stdout
     for n in needles:
         assert n in lines[0], (n, lines[0])
+    return lines[0]
 
 
 # -----------------------------------------------------------------------------
@@ -214,11 +229,11 @@ def test_lone_surrogate_like_encode_ordinary(tmp_path, enc):
     texts = ["before \ud800 after", "ok"]  # json.loads can produce lone surrogates from \ud800 escapes
     src = tmp_path / "s.jsonl"
     src.write_text("\n".join(json.dumps({"text": x}) for x in texts))
-    assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out")]) == 0
-    assert_shards(tmp_path / "out", reference_shards(enc, texts, int(1e8)))
+    assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out"), "--shard_size", "3"]) == 0
+    assert_shards(tmp_path / "out", reference_shards(enc, texts, 3))
 
 
-@pytest.mark.parametrize("max_tokens,shard_size", [(2500, 1000), (2000, 1000), (777, 1000), (10**7, 1000)])
+@pytest.mark.parametrize("max_tokens,shard_size", [(2500, 1000), (2000, 1000), (1001, 1000), (10**7, 1000)])
 def test_max_tokens(tmp_path, enc, max_tokens, shard_size):
     texts = make_docs(80, 7)
     src = write_jsonl(tmp_path / "in.jsonl", texts)
@@ -240,7 +255,7 @@ def _read_all(segments):
             return texts, stop.value
         if seg[0] == "texts":
             texts.extend(seg[1])
-        else:
+        elif seg[0] == "jsonl":
             assert fineweb.parse_jsonl_block(seg[1], seg[2], seg[3], texts) is None
 
 
@@ -287,6 +302,145 @@ def test_parquet_skip(tmp_path):
     all_texts = texts[:7] + ["one doc"] + texts
     for skip in [0, 5, 7, 8, 9, 30]:
         assert _read_all(fineweb.iter_source_segments(files, skip))[0] == all_texts[skip:]
+
+
+# -----------------------------------------------------------------------------
+# an input that all fits in the val shard, empty documents
+
+
+@pytest.mark.parametrize("amount,folder", [("less", "new"), ("exactly", "existing")])
+def test_input_within_one_shard_is_refused(tmp_path, enc, capsys, amount, folder):
+    """Today's trap: with the default --shard_size a small input made a val shard and no train shard
+    (the trainer then asks for fineweb.py, which says "nothing to do"). Now: an error with a
+    --shard_size that works, the folder as it was, and that re-run in the same --local_dir works."""
+    text = " ".join(make_docs(30, 20))
+    src = tmp_path / "input.txt"
+    src.write_text(text, encoding="utf-8")
+    total = len(reference_tokens(enc, [text]))
+    out = tmp_path / "data" / "out"  # two folder levels that do not exist yet
+    if folder == "existing":
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("earlier work, not fineweb.py's")
+        before = snapshot(out)
+    args = ["--source", src, "--local_dir", out] + (["--shard_size", total] if amount == "exactly" else [])
+    r = run_main(capsys, *args)
+    what = f"exactly one --shard_size ({total:,})" if amount == "exactly" else "less than one --shard_size (100,000,000)"
+    line = assert_one_line_error(r, f"{src} holds only {total:,} tokens, {what}: everything would go to the val shard "
+                                    "and no train shard would be written; pass --shard_size ")
+    if folder == "new":
+        assert not (tmp_path / "data").exists()  # not even the folders it would have written into
+    else:
+        assert snapshot(out) == before
+    suggested = int(re.fullmatch(r".*; pass --shard_size (\d+) or smaller", line).group(1))
+    r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", suggested)
+    assert r.returncode == 0, r.stderr
+    expected = reference_shards(enc, [text], suggested)
+    assert len(expected) >= 4  # a val shard and a few train shards
+    assert_shards(out, expected)
+
+
+def test_old_val_only_output_says_what_to_do(tmp_path, enc, capsys):
+    """An older fineweb.py finished small inputs as a lone val shard; re-running used to say "nothing
+    to do" while the trainer asked for fineweb.py. Now it says what to do, and touches nothing."""
+    texts = make_docs(20, 26)
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "out"
+    total = len(reference_tokens(enc, texts))
+    assert run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", total - 1).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())  # make it what the older version wrote
+    (out / manifest["shards"].pop()["file"]).unlink()
+    manifest["settings"]["shard_size"] = 100_000_000
+    manifest["shards"][0].update(tokens=total, end_doc=len(texts), end_offset=0)
+    manifest["totals"].update(shards=1)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    r = run_main(capsys, "--source", src, "--local_dir", out)
+    assert_one_line_error(r, f"{out} holds only a val shard ({total:,} tokens) and no train shard",
+                          f"delete {out} and re-run with --shard_size {-(-total // 10)} or smaller")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("max_tokens", [1000, 777])
+def test_max_tokens_within_one_shard_is_refused(tmp_path, capsys, max_tokens):
+    src = write_jsonl(tmp_path / "in.jsonl", make_docs(80, 7))
+    out = tmp_path / "out"
+    r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", 1000, "--max_tokens", max_tokens)
+    assert_one_line_error(r, f"--max_tokens {max_tokens:,} is not more than --shard_size 1,000",
+                          f"pass --shard_size {-(-max_tokens // 10)} or smaller, or a larger --max_tokens")
+    assert not out.exists()
+
+
+def test_empty_documents_are_skipped(tmp_path, enc, capsys):
+    """An empty .txt, empty jsonl records and empty parquet rows give no tokens (not even an EOT), but
+    keep their place in the document numbering."""
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "a_empty.txt").write_text("")
+    write_jsonl(d / "b.jsonl", ["", "x y", "", "", "z"])
+    write_parquet(d / "c.parquet", ["", "p q r", ""])
+    (d / "d.txt").write_text("last")
+    texts = ["", "", "x y", "", "", "z", "", "p q r", "", "last"]
+    out = tmp_path / "out"
+    r = run_main(capsys, "--source", d, "--local_dir", out, "--shard_size", 4)
+    assert r.returncode == 0, r.stderr
+    manifest = assert_shards(out, reference_shards(enc, texts, 4))
+    tokens = np.concatenate([np.load(out / s["file"]) for s in manifest["shards"]])
+    assert np.count_nonzero(tokens == EOT) == 4  # one per non-empty document
+    assert manifest["totals"]["docs"] == len(texts)
+    assert "6 empty documents skipped" in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["empty_txt", "empty_records"])
+def test_only_empty_documents_is_no_documents(tmp_path, capsys, kind):
+    if kind == "empty_txt":
+        src = tmp_path / "empty.txt"
+        src.write_text("")
+    else:
+        src = write_jsonl(tmp_path / "empty.jsonl", ["", "", ""])
+    out = tmp_path / "out"
+    r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", 10)
+    assert_one_line_error(r, f"no documents found in {src} (empty documents are skipped)")
+    assert not out.exists()
+
+
+def test_resume_across_empty_documents(tmp_path, enc, capsys):
+    """Resume after every shard of an input whose boundaries fall right after empty documents: the
+    manifest counts them (end_doc points past them), so resuming skips exactly those records."""
+    first = "a first document, the whole val shard"
+    long_doc = "spans several shards " * 12
+    shard_size = len(enc.encode_ordinary(first)) + 1
+    texts = [first, "", long_doc, "", "", "short", "", "and the last one"]
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "out"
+    args = ("--source", src, "--local_dir", out, "--shard_size", shard_size)
+    assert run_main(capsys, *args).returncode == 0
+    expected = reference_shards(enc, texts, shard_size)
+    full = assert_shards(out, expected)
+    ends = [(s["end_doc"], s["end_offset"]) for s in full["shards"]]
+    assert ends[0] == (2, 0)  # shard 0 is document 0, and the empty document 1 is consumed with it
+    assert ends[1] == (2, shard_size)  # shard 1 cuts document 2, the one right after the empty one
+    for k in range(1, len(full["shards"])):
+        # pretend the run died after k shards (what a crash leaves: see test_resume_after_crash_hook)
+        for s in full["shards"][k:]:
+            (out / s["file"]).unlink()
+        partial = dict(full, shards=full["shards"][:k], complete=False)
+        partial.pop("totals")
+        (out / "manifest.json").write_text(json.dumps(partial))
+        r = run_main(capsys, *args)
+        assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+        assert_shards(out, expected)
+
+
+def test_writer_batch_of_only_empty_documents_moves_on(tmp_path):
+    manifest = dict(format=fineweb.MANIFEST_FORMAT, settings=dict(prefix=PREFIX, shard_size=4, max_tokens=None),
+                    shards=[], complete=False)
+    w = fineweb.ShardWriter(tmp_path, manifest)
+    w.add(np.array([EOT, 1, 2], np.uint16), np.array([3]))
+    w.add(np.empty(0, np.uint16), np.array([0, 0]))  # documents 1 and 2 are empty
+    assert w.pos == (3, 0) and not manifest["shards"]
+    w.add(np.array([EOT, 5, 6], np.uint16), np.array([0, 3]))  # document 3 empty, 4 has 3 tokens
+    assert [(s["end_doc"], s["end_offset"], s["max_token"]) for s in manifest["shards"]] == [(4, 1, EOT)]
+    assert w.pos == (5, 0)
 
 
 # -----------------------------------------------------------------------------
@@ -476,7 +630,10 @@ def test_bad_input_file(tmp_path, enc, kind, needle):
     out = tmp_path / "out"
     args = ("--source", good, bad, "--local_dir", out, "--shard_size", 600)
     r = run_cli(*args)
-    assert_one_line_error(r, needle, bad.name)
+    line = assert_one_line_error(r, needle, bad.name)
+    # finished shards exist, so fixing the file alone would be refused as "different settings": say so
+    n = len(json.loads((out / "manifest.json").read_text())["shards"])
+    assert f", then delete {out} (its {n} finished shards " in line and line.endswith(") or use another --local_dir")
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["shards"]) >= 2
     ref = reference_tokens(enc, good_texts)  # (a truncated gzip may add shards from its readable part)
@@ -517,10 +674,10 @@ def test_bad_input_keeps_finished_output(tmp_path, finished_output, case):
         needle = "unsupported file type"
     elif case == "other_settings":
         args[-1] = 900
-        needle = "different settings (shard_size: 800 there vs 900 now)"
+        needle = "different settings (--shard_size: 800 when the finished shards were made, now 900)"
     elif case == "other_source":
         args[1] = write_jsonl(tmp_path / "other.jsonl", make_docs(5, 15))
-        needle = "different settings (input:"
+        needle = "other.jsonl: not an input when the finished shards were made, now it is"
     elif case == "shards_without_manifest":
         (out / "manifest.json").unlink()
         needle = "but no manifest.json"
@@ -537,9 +694,143 @@ def test_bad_input_keeps_finished_output(tmp_path, finished_output, case):
     assert snapshot(out) == before
 
 
+def test_corrupt_gz_replaced_before_any_shard(tmp_path, enc, capsys):
+    """User story, nothing finished yet: a truncated .jsonl.gz -> "replace it and re-run" (and no
+    manifest left behind); replacing it and re-running the very same command just works."""
+    first, rest = make_docs(5, 22), make_docs(200, 23)
+    good = write_jsonl(tmp_path / "a.jsonl", first)
+    gz = write_jsonl(tmp_path / "b.jsonl.gz", rest, gz=True)
+    intact = gz.read_bytes()
+    gz.write_bytes(intact[:-300])
+    total = len(reference_tokens(enc, first + rest))
+    shard_size = max(len(reference_tokens(enc, first)), total // 4)  # a.jsonl alone does not finish a shard
+    out = tmp_path / "out"
+    args = ("--source", good, gz, "--local_dir", out, "--shard_size", shard_size)
+    r = run_main(capsys, *args)
+    line = assert_one_line_error(r, f"{gz}: cannot read it (EOFError: ")
+    assert line.endswith("; replace it and re-run")
+    assert not out.exists()
+    gz.write_bytes(intact)
+    r = run_main(capsys, *args)
+    assert r.returncode == 0, r.stderr
+    expected = reference_shards(enc, first + rest, shard_size)
+    assert len(expected) >= 4
+    assert_shards(out, expected)
+
+
+def test_corrupt_gz_after_finished_shards(tmp_path, enc, capsys, monkeypatch):
+    """User story, shards finished from the readable part of a truncated .jsonl.gz: the error says to
+    replace it AND start a fresh output; replacing it alone is refused with the exact difference;
+    a fresh --local_dir then gives the right shards."""
+    texts = make_docs(2600, 24)  # ~1.3 MB: more than the first 1 MB block read is intact
+    gz = write_jsonl(tmp_path / "corpus" / "a.jsonl.gz", texts, gz=True)
+    intact = gz.read_bytes()
+    gz.write_bytes(intact[:-2000])
+    args = ("--source", "corpus", "--local_dir", "out", "--shard_size", 50_000)
+    r = run_cli(*args, cwd=tmp_path)
+    line = assert_one_line_error(r, f"{gz.resolve()}: cannot read it after line ")
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    n = len(manifest["shards"])
+    assert n >= 2 and not manifest["complete"]
+    assert line.endswith(f"; replace it, then delete out (its {n} finished shards hold tokens from the readable "
+                         "part of the corrupt file) or use another --local_dir")
+    ref = reference_tokens(enc, texts)
+    for s in manifest["shards"]:  # what was finished is right
+        np.testing.assert_array_equal(np.load(out / s["file"]), ref[s["token_start"]:s["token_start"] + s["tokens"]])
+    before = snapshot(out)
+
+    gz.write_bytes(intact)
+    monkeypatch.chdir(tmp_path)  # the same relative paths, in this process from here on (faster)
+    r = run_main(capsys, *args)
+    assert_one_line_error(r, f"out holds shards made with different settings (corpus/a.jsonl.gz: {len(intact) - 2000:,} "
+                             f"bytes when the finished shards were made, now {len(intact):,}); use another --local_dir")
+    assert snapshot(out) == before
+
+    r = run_main(capsys, "--source", "corpus", "--local_dir", "out2", "--shard_size", 50_000)
+    assert r.returncode == 0, r.stderr
+    assert_shards(tmp_path / "out2", reference_shards(enc, texts, 50_000))
+
+
+def test_settings_change_is_named_exactly():
+    """The "different settings" reason names what differs, in full (two JSON reprs cut at 77
+    characters used to look identical when only a file size far into them differed)."""
+    long = "/data/" + "fineweb_edu_sample_" * 6 + "a.jsonl.gz"
+
+    def settings(*files, **kw):
+        inp = dict(type="files", files=[dict(path=p, bytes=b) for p, b in files])
+        return dict(dict(input=inp, tokenizer="gpt2", eot=EOT, dtype="uint16", shard_size=800, max_tokens=None,
+                         prefix=PREFIX), **kw)
+
+    then = settings((long, 7_697_251), ("/data/b.jsonl", 10))
+    then_ = "when the finished shards were made"
+    cases = [
+        (settings((long, 7_700_000), ("/data/b.jsonl", 10)), f"{long}: 7,697,251 bytes {then_}, now 7,700,000"),
+        (settings((long, 7_697_251), ("/data/b.jsonl", 11)), f"/data/b.jsonl: 10 bytes {then_}, now 11"),
+        (settings((long, 7_697_251), ("/data/b.jsonl", 10), ("/data/c.txt", 5)),
+         f"/data/c.txt: not an input {then_}, now it is"),
+        (settings((long, 7_697_251)), f"/data/b.jsonl: an input {then_}, now it is not"),
+        (settings(("/data/b.jsonl", 10), (long, 7_697_251)), f"input file number 1: {long} {then_}, now /data/b.jsonl"),
+        (dict(then, max_tokens=5000), f"--max_tokens: not set {then_}, now 5,000"),
+        (dict(then, shard_size=900), f"--shard_size: 800 {then_}, now 900"),
+        (dict(then, prefix="fineweb"), f"shard file prefix (from --dataset): {PREFIX} {then_}, now fineweb"),
+        (dict(then, input=dict(type="hub", path="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train")),
+         f"input: 2 --source files {then_}, now HuggingFaceFW/fineweb-edu sample-10BT from the hub"),
+    ]
+    for now, reason in cases:
+        assert fineweb.describe_settings_change(then, now) == reason
+
+
+def test_manifest_without_max_token_still_works(tmp_path, enc, capsys):
+    """Manifests from before max_token (same format v1) still resume and are still seen as finished;
+    the shards written after the resume get the key."""
+    texts = make_docs(40, 25)
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "out"
+    args = ("--source", src, "--local_dir", out, "--shard_size", 500)
+    assert run_main(capsys, *args).returncode == 0
+    expected = reference_shards(enc, texts, 500)
+    full = assert_shards(out, expected)
+    assert full["format"] == "fineweb.py/manifest/v1"
+    # what an older fineweb.py left after dying with two shards finished
+    for s in full["shards"][2:]:
+        (out / s["file"]).unlink()
+    old = dict(full, shards=[{k: v for k, v in s.items() if k != "max_token"} for s in full["shards"][:2]], complete=False)
+    old.pop("totals")
+    (out / "manifest.json").write_text(json.dumps(old))
+    r = run_main(capsys, *args)
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert_shards(out, expected, old_entries=2)
+    before = snapshot(out)
+    r = run_main(capsys, *args)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    assert snapshot(out) == before
+
+
 def test_bad_number_flag_is_usage_error(tmp_path):
     r = run_cli("--source", tmp_path, "--shard_size", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr  # argparse's usage error
+
+
+def test_help_every_flag_explained_with_one_default():
+    r = run_cli("--help", env={"COLUMNS": "100"})
+    assert r.returncode == 0, r.stderr
+    options = r.stdout.split("\noptions:\n", 1)[1]
+    blocks = re.split(r"\n(?=  -)", options.rstrip("\n"))  # one block per flag: its line(s) of help
+    flags = {}
+    for block in blocks:
+        first, *rest = block.splitlines()
+        spec, _, help_text = first.strip().partition("  ")  # the help starts after 2+ spaces, or on the next line
+        help_text = " ".join([help_text.strip(), *(line.strip() for line in rest)]).strip()
+        flags[spec.split()[0].rstrip(",")] = help_text
+        assert help_text, f"{spec}: no help text"
+        assert help_text.lower().count("default") <= 1, block
+    assert set(flags) == {"-h", "--dataset", "--source", "--local_dir", "--shard_size", "--max_tokens", "--workers"}
+    assert flags["--shard_size"].endswith("(default: 100000000)")
+    assert flags["--dataset"].endswith("(default: edu-10BT)")
+    assert re.search(r"\(default: \d+\)$", flags["--workers"])
+    for name in ("--local_dir", "--max_tokens"):  # no value when not given: the help says what happens instead
+        assert "default" not in flags[name] and "without it" in flags[name]
 
 
 # -----------------------------------------------------------------------------
@@ -549,9 +840,9 @@ def test_bad_number_flag_is_usage_error(tmp_path):
 def test_check_uint16():
     fineweb.check_uint16(np.array([0, 65535], dtype=np.uint32))
     fineweb.check_uint16(np.array([], dtype=np.uint32))
-    with pytest.raises(fineweb.TokenRangeError, match="65536"):
+    with pytest.raises(fineweb.UserError, match="65536"):
         fineweb.check_uint16(np.array([1, 65536], dtype=np.uint32))
-    with pytest.raises(ValueError):  # TokenRangeError is a ValueError too
+    with pytest.raises(fineweb.UserError, match="-1"):
         fineweb.check_uint16(np.array([-1], dtype=np.int64))
 
 
@@ -559,7 +850,7 @@ def test_token_id_over_uint16_raises(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fineweb, "encode_text", lambda text: np.array([7, 70000], dtype=np.uint32))
     # encode in threads of this process so the patched encoder is the one used (spawned workers would not see it)
     monkeypatch.setattr(fineweb, "make_executor", lambda workers: ThreadPoolExecutor(workers))
-    with pytest.raises(fineweb.TokenRangeError, match="70000"):
+    with pytest.raises(fineweb.UserError, match="70000"):
         fineweb.encode_texts(["anything"])
     src = write_jsonl(tmp_path / "in.jsonl", ["a", "b"])
     assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out")]) == 1

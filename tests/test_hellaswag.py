@@ -1,18 +1,20 @@
 """
 Tests for hellaswag.py. CPU only, offline.
 
-Uses the real validation file from $HELLASWAG_DIR when that is set (CI points it at
-shared/data/hellaswag), the hand-written fixture tests/fixtures/hellaswag_tiny.jsonl otherwise.
+Uses 48 chosen rows of the real validation file from $HELLASWAG_DIR when that is set (CI points it
+at shared/data/hellaswag), the hand-written fixture tests/fixtures/hellaswag_tiny.jsonl otherwise.
     TIKTOKEN_CACHE_DIR=.../tiktoken_cache HELLASWAG_DIR=.../hellaswag python -m pytest tests/test_hellaswag.py -q
 """
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -22,21 +24,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-for _cand in (REPO / "shared/data/tiktoken_cache", REPO.parent / "shared/data/tiktoken_cache"):
-    if _cand.is_dir():
-        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_cand))
-        break
+import hellaswag
+import train_gpt2
 
-import hellaswag  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FIXTURE = REPO / "tests/fixtures/hellaswag_tiny.jsonl"
 HELLASWAG_DIR = os.environ.get("HELLASWAG_DIR")
 REAL_VAL = Path(HELLASWAG_DIR) / "hellaswag_val.jsonl" if HELLASWAG_DIR else None
 HAVE_REAL = REAL_VAL is not None and REAL_VAL.is_file()
 needs_real = pytest.mark.skipif(not HAVE_REAL, reason="HELLASWAG_DIR not set (real val file not available)")
-N_REAL = 200  # real examples for the batched-vs-reference check (keeps the runtime small)
+
+# 48 real val examples instead of hundreds: the reference loop is the slow part of this file.
+# 0..35 are short ActivityNet rows (24 of them fit in 48 tokens); the rest were picked from token
+# counts of the whole file: 37 has the shortest row (14 tokens), 1012 the shortest longest-row (17),
+# 7644 / 8481 / 4019 / 6213 the longest rows (166, 151, 149, 146), 9225 the longest ending (96),
+# 42 / 117 endings over 48 tokens, 105 a longest row of exactly 48 tokens, 61 / 188 of 49.
+REAL_PICK = list(range(36)) + [37, 42, 61, 105, 117, 188, 1012, 4019, 6213, 7644, 8481, 9225]
+# a max_len that cuts some examples but not all (real rows: 14..166 tokens; fixture rows: 17..49)
+SMALL_MAX_LEN = 48 if HAVE_REAL else 30
 
 
 # -----------------------------------------------------------------------------
@@ -46,7 +52,8 @@ N_REAL = 200  # real examples for the batched-vs-reference check (keeps the runt
 class TinyCausalLM(nn.Module):
     """A small GPT-like causal LM with the repo's model interface: forward(idx, targets=None)
     -> (logits, loss). Default PyTorch init gives logits with a spread of ~0.5, so the 4 endings
-    get clearly different losses (no near-ties that float noise could flip)."""
+    get clearly different losses (no near-ties that float noise could flip). No config: the
+    evaluators apply no max_len unless given one."""
 
     def __init__(self, vocab_size=50304, block_size=256, n_layer=2, n_head=2, n_embd=32):
         super().__init__()
@@ -83,6 +90,13 @@ def make_tiny_model(seed=0, **kw):
     return TinyCausalLM(**kw).eval()
 
 
+def make_tiny_gpt(block_size=32, seed=0):
+    """The repo's GPT, tiny, with a block size shorter than many HellaSwag rows."""
+    torch.manual_seed(seed)
+    cfg = train_gpt2.GPTConfig(block_size=block_size, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)
+    return train_gpt2.GPT(cfg).eval(), cfg
+
+
 class UniformLM(nn.Module):
     """All logits 0: every token costs ln(V), so the SUM picks the ending with the fewest tokens."""
 
@@ -104,7 +118,7 @@ class BigramOracle(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.next_token = {}
-        enc = hellaswag.get_encoder()
+        enc = train_gpt2.get_encoding()
         for ex in examples:
             row = enc.encode(ex["ctx"]) + enc.encode(" " + ex["endings"][ex["label"]])
             for a, b in zip(row[:-1], row[1:]):
@@ -122,11 +136,21 @@ def fixture_examples():
     return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
 
 
+def row_lengths(exs):
+    enc = train_gpt2.get_encoding()
+    lengths = []
+    for ex in exs:
+        ctx, ends, _ = hellaswag.tokenize_example(ex, enc)
+        lengths += [len(ctx) + len(e) for e in ends]
+    return lengths
+
+
 @pytest.fixture(scope="module")
 def examples():
-    """200 real val examples when HELLASWAG_DIR is set, else the 12 hand-written ones."""
+    """The 48 REAL_PICK val examples when HELLASWAG_DIR is set, else the 12 hand-written ones."""
     if HAVE_REAL:
-        return hellaswag.load_examples("val", HELLASWAG_DIR, limit=N_REAL)
+        every = hellaswag.load_examples("val", HELLASWAG_DIR)
+        return [every[i] for i in REAL_PICK]
     return fixture_examples()
 
 
@@ -135,12 +159,31 @@ def tiny_model():
     return make_tiny_model()
 
 
+@pytest.fixture(scope="module")
+def reference(examples, tiny_model):
+    """The one-example loop's fp32 predictions, computed once and shared by the batched checks."""
+    return hellaswag.evaluate_reference(tiny_model, examples, "cpu", return_predictions=True)
+
+
+@pytest.fixture(scope="module")
+def second_half(examples):
+    """The real sample's 12 short rows 24..35 and the 12 picked long ones (fixture: its last 6)."""
+    return examples[len(examples) // 2:]
+
+
+@pytest.fixture(scope="module")
+def reference_cut(second_half, tiny_model):
+    """The reference at SMALL_MAX_LEN, on second_half: many rows cut from the left."""
+    return hellaswag.evaluate_reference(tiny_model, second_half, "cpu", max_len=SMALL_MAX_LEN,
+                                        return_predictions=True)
+
+
 # -----------------------------------------------------------------------------
 # rendering
 
 
 def test_render_hand_checked():
-    enc = hellaswag.get_encoder()
+    enc = train_gpt2.get_encoding()
     ex = {"ctx": "A man is sitting on a roof. he", "label": 3,
           "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
                       "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
@@ -163,9 +206,18 @@ def test_render_hand_checked():
         assert tokens[i, n:].tolist() == [0] * (T - n)  # right padding
         assert mask[i].tolist() == [0] * len(ctx) + [1] * len(end) + [0] * (T - n)
 
+    # max_len 10: every row keeps its last 10 tokens, the context is cut from the left (and the
+    # 11-token ending 0 loses its first token)
+    assert [len(e) for e in ends] == [11, 6, 8, 9]
+    tokens, mask, _ = hellaswag.render_example(ex, max_len=10)
+    assert tokens.shape == (4, 10)
+    for i, end in enumerate(ends):
+        assert tokens[i].tolist() == (ctx + end)[-10:]
+        assert mask[i].tolist() == [0] * max(10 - len(end), 0) + [1] * min(len(end), 10)
+
 
 def test_render_second_hand_checked_example():
-    enc = hellaswag.get_encoder()
+    enc = train_gpt2.get_encoding()
     ex = {"ctx": "Fishing. He", "endings": ["casts.", "x", "sells the dock.", "dances."], "label": "0"}
     tokens, mask, label = hellaswag.render_example(ex)
     assert label == 0  # a string label (as some copies of the data have) becomes an int
@@ -177,8 +229,35 @@ def test_render_second_hand_checked_example():
         assert mask[i, :len(ctx)].sum().item() == 0
 
 
+def test_fit_row_keeps_the_last_max_len_tokens():
+    ctx, end = [1, 2, 3, 4, 5], [6, 7, 8]
+    assert hellaswag.fit_row(ctx, end) == ([1, 2, 3, 4, 5, 6, 7, 8], 5)
+    assert hellaswag.fit_row(ctx, end, max_len=8) == ([1, 2, 3, 4, 5, 6, 7, 8], 5)  # fits: untouched
+    assert hellaswag.fit_row(ctx, end, max_len=6) == ([3, 4, 5, 6, 7, 8], 3)  # context cut from the left
+    # an ending longer than max_len loses its own first tokens; its first kept token is at
+    # position 0 and is not scored (nothing before it)
+    assert hellaswag.fit_row(ctx, end, max_len=2) == ([7, 8], 0)
+
+
+def test_count_truncated(examples):
+    lengths = row_lengths(examples)
+    longest = [max(lengths[4 * i:4 * i + 4]) for i in range(len(examples))]
+    assert hellaswag.count_truncated(examples, None) == 0
+    assert hellaswag.count_truncated(examples, max(longest)) == 0
+    assert hellaswag.count_truncated(examples, max(longest) - 1) == longest.count(max(longest))
+    assert hellaswag.count_truncated(examples, SMALL_MAX_LEN) == sum(n > SMALL_MAX_LEN for n in longest)
+    # the byte-count shortcut agrees with tokenizing (a token covers at least one byte)
+    for max_len in (16, 20, 30, 40, 60, 100):
+        assert hellaswag.count_truncated(examples, max_len) == sum(n > max_len for n in longest), max_len
+
+
+def test_truncation_rule_documented_once():
+    doc = " ".join(hellaswag.__doc__.split())
+    assert " ".join(hellaswag.TRUNCATION_RULE.split()) in doc
+
+
 def test_uniform_model_sum_picks_fewest_tokens():
-    enc = hellaswag.get_encoder()
+    enc = train_gpt2.get_encoding()
     ex = {"ctx": "The cat sat on the mat.", "label": 0,
           "endings": ["It purred loudly and then went to sleep in the warm sun by the window.",
                       "It slept.", "It looked at the dog across the room.", "It yawned and stretched."]}
@@ -205,25 +284,60 @@ def test_oracle_model_scores_shifted_ending_tokens():
 # batched evaluator == one-example reference
 
 
-def test_batched_matches_reference(examples, tiny_model):
-    ref = hellaswag.evaluate_reference(tiny_model, examples, "cpu", return_predictions=True)
-    # batch_size 7 (28 rows) does not divide the row count: the last batch gets dummy rows
-    got = hellaswag.evaluate(tiny_model, examples, "cpu", batch_size=7, return_predictions=True)
+def _same_result(got, ref):
     assert got["predictions"] == ref["predictions"]  # every example, both pred and pred_norm
     for key in ("examples", "num_correct", "num_correct_norm", "acc", "acc_norm"):
         assert got[key] == ref[key], key
+
+
+def test_batched_matches_reference(examples, tiny_model, reference):
+    # batch_size 5 (20 rows) does not divide the row count: the last batch gets dummy rows
+    got = hellaswag.evaluate(tiny_model, examples, "cpu", batch_size=5, return_predictions=True)
+    _same_result(got, reference)
     assert got["examples"] == len(examples)
     # a random model really distinguishes the endings (the check is not vacuous)
     assert len({p for _, p, _ in got["predictions"]}) == 4
 
 
-def test_batched_is_independent_of_batch_size_and_chunking(examples, tiny_model):
-    sub = examples[:24]
-    base = hellaswag.evaluate(tiny_model, sub, "cpu", batch_size=40, bucket_multiple=32, loss_chunk=4096,
-                              return_predictions=True)  # the GPU defaults
-    other = hellaswag.evaluate(tiny_model, sub, "cpu", batch_size=1, bucket_multiple=16, loss_chunk=7,
-                               return_predictions=True)
-    assert other["predictions"] == base["predictions"]
+def test_batched_is_independent_of_batch_size_and_chunking(examples, tiny_model, reference):
+    def check(sub, **kw):
+        got = hellaswag.evaluate(tiny_model, examples[sub], "cpu", return_predictions=True, **kw)
+        want = reference["predictions"][sub]
+        assert [p[1:] for p in got["predictions"]] == [p[1:] for p in want]
+    # the GPU's bucketing and one fp32 cross-entropy chunk per batch, on the short rows: the
+    # (rows, T, vocab) logits of a tiny model on long rows would be ~1 GB per batch on CPU
+    check(slice(0, 16), batch_size=4, bucket_multiple=32, loss_chunk=4096)
+    check(slice(1, None, 3), batch_size=1, bucket_multiple=16, loss_chunk=7)  # long rows too
+
+
+def test_truncated_rows_batched_matches_reference(second_half, tiny_model, reference, reference_cut):
+    exs = second_half
+    n_cut = hellaswag.count_truncated(exs, SMALL_MAX_LEN)
+    assert 0 < n_cut < len(exs)  # some examples are cut, some are not
+    if HAVE_REAL:  # and some endings alone are longer than max_len (position 0 then unscored)
+        enc = train_gpt2.get_encoding()
+        assert any(len(e) > SMALL_MAX_LEN for ex in exs for e in hellaswag.tokenize_example(ex, enc)[1])
+    # batch_size 5 does not divide 24 (or 6): the last batch gets dummy rows
+    got = hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=5, max_len=SMALL_MAX_LEN, return_predictions=True)
+    _same_result(got, reference_cut)
+    assert got["examples"] == reference_cut["examples"] == len(exs)  # every example still scored
+    uncut = [p[1:] for p in reference["predictions"][-len(exs):]]
+    assert [p[1:] for p in reference_cut["predictions"]] != uncut  # the cut really changed the input
+
+
+def test_model_block_size_is_the_default_max_len(examples):
+    model, _ = make_tiny_gpt(block_size=32)
+    exs = examples[:8] if not HAVE_REAL else [examples[i] for i in (0, 1, 2, 36, 37, 44, 45, 47)]
+    assert hellaswag.count_truncated(exs, 32) > 0  # the old evaluator raised here
+    default = hellaswag.evaluate(model, exs, "cpu", batch_size=3, return_predictions=True)
+    explicit = hellaswag.evaluate(model, exs, "cpu", batch_size=3, max_len=32, return_predictions=True)
+    ref = hellaswag.evaluate_reference(model, exs, "cpu", return_predictions=True)
+    assert default["predictions"] == explicit["predictions"] == ref["predictions"]
+    # the block size is found through torch.compile (_orig_mod) and DDP (module) wrappers
+    assert hellaswag.resolve_max_len(types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=model))) == 32
+    assert hellaswag.resolve_max_len(types.SimpleNamespace(), None) is None  # no config: no limit
+    with pytest.raises(hellaswag.UserError, match="max_len"):
+        hellaswag.evaluate(model, exs, "cpu", max_len=1)
 
 
 def test_training_mode_restored(tiny_model):
@@ -237,10 +351,36 @@ def test_training_mode_restored(tiny_model):
         assert not tiny_model.training
 
 
-def test_unlabeled_example_is_an_error(tiny_model):
-    ex = dict(fixture_examples()[0], label="")
-    with pytest.raises(ValueError, match="label"):
-        hellaswag.evaluate(tiny_model, [ex], "cpu")
+BAD_EXAMPLES = [
+    ("label", lambda ex: dict(ex, label="")),
+    ("label", lambda ex: dict(ex, label=4)),
+    ("label", lambda ex: {k: v for k, v in ex.items() if k != "label"}),
+    ('"endings" has 3 entries', lambda ex: dict(ex, endings=ex["endings"][:3])),
+    ('"endings" is a string', lambda ex: dict(ex, endings="one two three four")),
+    ('no "ctx"', lambda ex: {k: v for k, v in ex.items() if k != "ctx"}),
+    ("JSON array", lambda ex: list(ex.values())),
+]
+
+
+@pytest.mark.parametrize("message,corrupt", BAD_EXAMPLES, ids=[f"{i}-{m}" for i, (m, _) in enumerate(BAD_EXAMPLES)])
+def test_bad_in_memory_example_refused_by_both_evaluators(tiny_model, message, corrupt):
+    exs = fixture_examples()[:3]
+    exs[2] = corrupt(exs[2])
+    errors = []
+    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
+        with pytest.raises(hellaswag.UserError, match=message) as err:
+            fn(tiny_model, exs, "cpu")
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "example 2" in errors[0]
+
+
+def test_bad_dtype_and_batch_size(tiny_model):
+    exs = fixture_examples()[:1]
+    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
+        with pytest.raises(hellaswag.UserError, match="dtype"):
+            fn(tiny_model, exs, "cpu", dtype=torch.bfloat16)  # the old API's autocast dtype
+    with pytest.raises(hellaswag.UserError, match="batch size"):
+        hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=0)
 
 
 def test_empty_example_list(tiny_model):
@@ -249,18 +389,14 @@ def test_empty_example_list(tiny_model):
 
 
 def test_plan_batches_few_fixed_shapes(examples):
-    enc = hellaswag.get_encoder()
-    lengths = []
-    for ex in examples:
-        ctx, ends, _ = hellaswag.tokenize_example(ex, enc)
-        lengths += [len(ctx) + len(e) for e in ends]
+    lengths = row_lengths(examples)
     batches = hellaswag.plan_batches(lengths, rows_per_batch=32, multiple=32, cap=1024)
     seen = sorted(int(r) for ids, _ in batches for r in ids)
     assert seen == list(range(len(lengths)))  # every row exactly once
     for ids, T in batches:
         assert len(ids) <= 32 and T % 32 == 0 and max(lengths[r] for r in ids) <= T
     assert all(len(ids) == 32 for ids, _ in batches[:-1])
-    assert len({T for _, T in batches}) <= 6  # HellaSwag rows are 17..166 tokens: buckets 32..192
+    assert len({T for _, T in batches}) <= 6  # HellaSwag rows are 14..166 tokens: buckets 32..192
     assert hellaswag.bucket_length(33) == 64 and hellaswag.bucket_length(64) == 64
     assert hellaswag.bucket_length(200, cap=180) == 180
 
@@ -273,10 +409,10 @@ def test_compiled_model_same_predictions_few_compiles(tiny_model):
     counter = CompileCounter()  # a torch.compile backend that runs the graph eagerly and counts compiles
     compiled = torch.compile(tiny_model, backend=counter)
     res = hellaswag.evaluate(compiled, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
-    n_shapes = len({T for _, T in res_shapes(exs, 8, 16)})
+    n_shapes = len({T for _, T in hellaswag.plan_batches(row_lengths(exs), 8, 16)})
     assert n_shapes >= 3  # the test really exercises several buckets
     assert res["predictions"] == eager["predictions"]
-    # 12 batches, but only a few graphs: one per bucket length at most (dynamo may go dynamic sooner)
+    # 6 batches, but only a few graphs: one per bucket length at most (dynamo may go dynamic sooner)
     assert 1 <= counter.frame_count <= n_shapes
     again = hellaswag.evaluate(compiled, exs, "cpu", batch_size=2, bucket_multiple=16)
     assert again["acc_norm"] == res["acc_norm"]
@@ -296,13 +432,44 @@ def test_inductor_compiled_model_same_predictions(tiny_model):
     torch._dynamo.reset()
 
 
-def res_shapes(exs, rows_per_batch, multiple):
-    enc = hellaswag.get_encoder()
-    lengths = []
-    for ex in exs:
-        ctx, ends, _ = hellaswag.tokenize_example(ex, enc)
-        lengths += [len(ctx) + len(e) for e in ends]
-    return hellaswag.plan_batches(lengths, rows_per_batch, multiple)
+# -----------------------------------------------------------------------------
+# interruptible eval
+
+
+class StopOnCall:
+    """should_stop that counts its calls and returns True from call number `stop_at` on."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at, self.calls = stop_at, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.stop_at is not None and self.calls >= self.stop_at
+
+
+def test_should_stop_interrupts_and_restores_mode(tiny_model, monkeypatch):
+    K = 2  # read at call time; the real value (8) would only need more examples here
+    monkeypatch.setattr(hellaswag, "STOP_CHECK_EVERY", K)
+    exs = fixture_examples()[:2 * K + 1]  # batch_size 1: 2K+1 batches, checks at 0, K, 2K
+    for fn, kw in ((hellaswag.evaluate, {"batch_size": 1}), (hellaswag.evaluate_reference, {})):
+        tiny_model.train()
+        stop = StopOnCall(stop_at=2)
+        with pytest.raises(hellaswag.Interrupted):
+            fn(tiny_model, exs, "cpu", should_stop=stop, **kw)
+        assert stop.calls == 2 and tiny_model.training
+        tiny_model.eval()
+        never = StopOnCall()
+        res = fn(tiny_model, exs[:K + 1], "cpu", should_stop=never, **kw)
+        assert never.calls == 2 and res["examples"] == K + 1 and not tiny_model.training
+
+
+def test_num_batch_slots_is_the_busiest_ranks_batch_count():
+    for n in (0, 1, 7, 17, 100):
+        for ws in (1, 2, 3, 8):
+            for bs in (1, 3, 32):
+                per_rank = [len(hellaswag.plan_batches([5] * 4 * len(hellaswag.shard_indices(n, r, ws)), 4 * bs))
+                            for r in range(ws)]
+                assert hellaswag.num_batch_slots(n, ws, bs) == max(per_rank), (n, ws, bs)
 
 
 # -----------------------------------------------------------------------------
@@ -318,13 +485,26 @@ def test_shard_indices_partition():
 
 
 def _ddp_worker(rank, world_size, init_file, exs, out_dir):
+    from datetime import timedelta
+
     import torch.distributed as dist
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    # a short timeout: a rank that calls should_stop fewer times fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=60))
     try:
+        calls = []
+
+        def should_stop():  # what the trainer passes: a collective all-reduce of the stop flag
+            calls.append(1)
+            flag = torch.zeros(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
+
         model = make_tiny_model()
-        res = hellaswag.evaluate(model, exs, "cpu", batch_size=3, rank=rank, world_size=world_size,
-                                 return_predictions=True)
+        res = hellaswag.evaluate(model, exs, "cpu", batch_size=1, rank=rank, world_size=world_size,
+                                 should_stop=should_stop, return_predictions=True)
+        res["should_stop_calls"] = len(calls)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)
     finally:
@@ -333,13 +513,18 @@ def _ddp_worker(rank, world_size, init_file, exs, out_dir):
 
 def test_ddp_two_gloo_processes_match_single(tmp_path, examples):
     import torch.multiprocessing as mp
-    exs = examples[:24]
-    single = hellaswag.evaluate(make_tiny_model(), exs, "cpu", batch_size=3, return_predictions=True)
+    K = hellaswag.STOP_CHECK_EVERY
+    # 2K+1 examples at batch_size 1: rank 0 has K+1 batches, rank 1 only K, and the check at slot K
+    # falls after rank 1's last batch
+    exs = (examples * 3)[:2 * K + 1]
+    single = hellaswag.evaluate(make_tiny_model(), exs, "cpu", batch_size=1, return_predictions=True)
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), exs, str(tmp_path)), nprocs=2, join=True)
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for res in per_rank:  # every rank returns the global counts
         for key in ("examples", "num_correct", "num_correct_norm", "acc", "acc_norm"):
             assert res[key] == single[key], key
+        assert res["should_stop_calls"] == 2
+    assert [len(res["predictions"]) for res in per_rank] == [K + 1, K]
     merged = sorted(tuple(p) for res in per_rank for p in res["predictions"])
     assert merged == single["predictions"]
     assert [i for i, _, _ in per_rank[0]["predictions"]] == list(range(0, len(exs), 2))
@@ -368,6 +553,9 @@ def test_present_cache_file_never_touches_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path))
     assert hellaswag.default_data_dir() == str(tmp_path)
     assert len(hellaswag.load_examples("val", limit=3)) == 3
+    for bad in (0, -1):
+        with pytest.raises(hellaswag.UserError, match="limit must be >= 1"):
+            hellaswag.load_examples("val", limit=bad)
 
 
 def test_default_dir_is_beside_the_script(monkeypatch):
@@ -392,7 +580,7 @@ def _fake_urlopen(body, content_length=None, calls=None):
 def test_truncated_download_leaves_nothing(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body[:100], content_length=len(body)))
-    with pytest.raises(hellaswag.HellaSwagDataError) as err:
+    with pytest.raises(hellaswag.UserError) as err:
         hellaswag.load_examples("train", str(tmp_path / "cache"))
     msg = str(err.value)
     assert "\n" not in msg and "HELLASWAG_DIR" in msg and "hellaswag_train.jsonl" in msg
@@ -403,7 +591,7 @@ def test_truncated_download_leaves_nothing(tmp_path, monkeypatch):
 def test_val_download_with_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()  # complete, but not the official val file
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body, content_length=len(body)))
-    with pytest.raises(hellaswag.HellaSwagDataError, match="sha256"):
+    with pytest.raises(hellaswag.UserError, match="sha256"):
         hellaswag.load_examples("val", str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
@@ -412,7 +600,7 @@ def test_download_network_error_is_one_line(tmp_path, monkeypatch):
     def urlopen(url, timeout=None):
         raise urllib.error.URLError("Temporary failure in name resolution")
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    with pytest.raises(hellaswag.HellaSwagDataError) as err:
+    with pytest.raises(hellaswag.UserError) as err:
         hellaswag.load_examples("val", str(tmp_path))
     assert "\n" not in str(err.value) and "HELLASWAG_DIR" in str(err.value)
     assert list(tmp_path.iterdir()) == []
@@ -434,7 +622,7 @@ def test_successful_download_then_cached(tmp_path, monkeypatch):
 
 
 def test_unknown_split():
-    with pytest.raises(ValueError, match="unknown HellaSwag split"):
+    with pytest.raises(hellaswag.UserError, match="unknown HellaSwag split"):
         hellaswag.load_examples("dev", "/nonexistent")
 
 
@@ -442,8 +630,78 @@ def test_unknown_split():
 def test_real_val_file_is_the_official_one():
     data = REAL_VAL.read_bytes()
     assert hashlib.sha256(data).hexdigest() == hellaswag.KNOWN_SHA256["val"]
-    exs = hellaswag.load_examples("val", HELLASWAG_DIR)
+    exs = hellaswag.load_examples("val", HELLASWAG_DIR)  # every line passes the validation
     assert len(exs) == 10042 and all(len(ex["endings"]) == 4 for ex in exs)
+
+
+# -----------------------------------------------------------------------------
+# data: validation of the jsonl file
+
+
+def _good_lines():
+    return FIXTURE.read_text().splitlines()
+
+
+def _edit(line_no, fn):
+    """File text with line `line_no` (1-based) of the fixture replaced by fn(parsed line)."""
+    def make():
+        lines = _good_lines()
+        lines[line_no - 1] = fn(json.loads(lines[line_no - 1]))
+        return "\n".join(lines) + "\n"
+    return make
+
+
+def _without(key):
+    return lambda ex: json.dumps({k: v for k, v in ex.items() if k != key})
+
+
+# (id, file text maker, line named in the message or None, words the message must contain)
+BAD_FILES = [
+    ("missing-ctx", _edit(3, _without("ctx")), 3, 'no "ctx" key'),
+    ("endings-not-a-list", _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))), 5,
+     '"endings" is a string, expected a list of 4 strings'),
+    ("three-endings", _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))), 7,
+     '"endings" has 3 entries, expected 4'),
+    ("ending-not-a-string", _edit(2, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3] + [7]))), 2,
+     '"endings"[3] is a number'),
+    ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "a JSON array, expected a JSON object"),
+    ("invalid-json", _edit(9, lambda ex: json.dumps(ex)[:-5]), 9, "not valid JSON"),
+    ("label-out-of-range", _edit(6, lambda ex: json.dumps(dict(ex, label=7))), 6, '"label" is 7'),
+    ("missing-label", _edit(11, _without("label")), 11, 'no "label" key'),
+    ("not-utf8", lambda: ("\n".join(_good_lines()[:2]) + "\n").encode() + b"\xff\n", 3, "not UTF-8"),
+    ("empty-file", lambda: "", None, "holds no examples"),
+    ("blank-lines-only", lambda: "\n  \n\n", None, "holds no examples"),
+]
+
+
+def _write_bad(tmp_path, make):
+    d = tmp_path / "bad"
+    d.mkdir(exist_ok=True)
+    path = d / "hellaswag_val.jsonl"
+    data = make()
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return d, path
+
+
+@pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_one_user_error_naming_the_line(tmp_path, monkeypatch, make, line_no, words):
+    d, path = _write_bad(tmp_path, make)
+    before = path.read_bytes()
+    _no_network(monkeypatch)
+    with pytest.raises(hellaswag.UserError) as err:
+        hellaswag.load_examples("val", str(d))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and words in msg, msg
+    if line_no is not None:
+        assert f"line {line_no}:" in msg and "fix that line, or delete the file" in msg
+    assert path.read_bytes() == before  # nothing good destroyed, nothing downloaded over it
+
+
+def test_validation_stops_at_the_limit(tmp_path):
+    d, _ = _write_bad(tmp_path, _edit(9, lambda ex: "{oops"))
+    assert len(hellaswag.load_examples("val", str(d), limit=8)) == 8  # line 9 is never read
+    with pytest.raises(hellaswag.UserError, match="line 9"):
+        hellaswag.load_examples("val", str(d), limit=9)
 
 
 # -----------------------------------------------------------------------------
@@ -455,6 +713,27 @@ def _cli(*args, timeout=300):
     env.pop("HELLASWAG_DIR", None)
     return subprocess.run([sys.executable, str(REPO / "hellaswag.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _main(capsys, *args):
+    """hellaswag.main in this process (no interpreter + torch start-up per case) -> (exit code, out, err).
+    Any exception other than SystemExit fails the test, which is what 'no traceback' means here."""
+    code = 0
+    try:
+        hellaswag.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_error_line(code, err, *words):
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
 
 
 def _last_json(proc):
@@ -472,38 +751,117 @@ def data_dir(tmp_path):
     return str(d)
 
 
-def test_cli_checkpoint_end_to_end(tmp_path, data_dir):
-    train_gpt2 = pytest.importorskip("train_gpt2")
-    cfg = train_gpt2.GPTConfig(block_size=256, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
-    torch.manual_seed(0)
-    model = train_gpt2.GPT(cfg)
-    path = tmp_path / "model_00000.pt"
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A training checkpoint of a tiny GPT with block size 32: several fixture rows are longer."""
+    model, cfg = make_tiny_gpt(block_size=32)
+    path = tmp_path_factory.mktemp("ckpt") / "model_00000.pt"
     torch.save({"model": model.state_dict(), "config": asdict(cfg), "step": 0, "args": {}}, path)
-    out = _last_json(_cli("--checkpoint", str(path), "--data_dir", data_dir, "--device", "cpu",
-                          "--batch_size", "5"))
-    expected = hellaswag.evaluate(model, fixture_examples(), "cpu")
+    return model, path
+
+
+def test_cli_checkpoint_end_to_end(checkpoint, data_dir, capsys):
+    model, path = checkpoint
+    proc = _cli("--checkpoint", str(path), "--data_dir", data_dir, "--device", "cpu", "--batch_size", "5")
+    out = _last_json(proc)
+    expected = hellaswag.evaluate(model, fixture_examples(), "cpu")  # max_len = the block size, 32
     assert out["examples"] == 12
     assert out["acc_norm"] == expected["acc_norm"] and out["acc"] == expected["acc"]
+    n_cut = hellaswag.count_truncated(fixture_examples(), 32)
+    assert n_cut > 0 and f"note: {n_cut} of 12 examples have rows longer than the block size 32" in proc.stdout
+    # --reference, same numbers (in this process: the subprocess above already covers start-up)
+    code, stdout, _ = _main(capsys, "--checkpoint", str(path), "--data_dir", data_dir, "--device", "cpu",
+                            "--reference", "--dtype", "fp32")
+    assert code == 0
+    ref = json.loads(stdout.strip().splitlines()[-1])
+    assert ref["acc_norm"] == out["acc_norm"] and ref["acc"] == out["acc"]
 
 
-def test_cli_model_dir_end_to_end_and_reference(tmp_path, data_dir):
-    pytest.importorskip("train_gpt2")
+def test_cli_model_dir_end_to_end(tmp_path, data_dir):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256))
     hf.save_pretrained(tmp_path / "hf")
     args = ("--model", str(tmp_path / "hf"), "--data_dir", data_dir, "--device", "cpu", "--limit", "10")
     batched = _last_json(_cli(*args))
-    reference = _last_json(_cli(*args, "--reference"))
-    assert batched["examples"] == reference["examples"] == 10
-    assert batched["acc_norm"] == reference["acc_norm"] and batched["acc"] == reference["acc"]
+    expected = hellaswag.evaluate_reference(train_gpt2.GPT.from_pretrained(str(tmp_path / "hf")),
+                                            fixture_examples()[:10], "cpu")
+    assert batched["examples"] == expected["examples"] == 10
+    assert batched["acc_norm"] == expected["acc_norm"] and batched["acc"] == expected["acc"]
 
 
-def test_cli_bad_input_one_line_exit_1(tmp_path, data_dir):
-    for args in (("--checkpoint", str(tmp_path / "missing.pt"), "--data_dir", data_dir),
-                 ("--model", "gpt2", "--split", "dev", "--data_dir", data_dir),
-                 ("--model", "gpt2", "--split", "val", "--limit", "0", "--data_dir", data_dir)):
+def test_cli_bad_input_in_a_real_process(tmp_path, data_dir):
+    """Exit code and stderr of the real entry point (the in-process tests below cover each case)."""
+    d, path = _write_bad(tmp_path, BAD_FILES[5][1])  # invalid JSON on line 9
+    for args, words in ((("--checkpoint", str(tmp_path / "missing.pt"), "--data_dir", data_dir), ("not found",)),
+                        (("--model", "gpt2", "--data_dir", str(d)), (str(path), "line 9:"))):
         proc = _cli(*args, timeout=120)
-        assert proc.returncode == 1, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and "error" in proc.stderr
+        _assert_one_error_line(proc.returncode, proc.stderr, *words)
+
+
+@pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_cli_bad_file_one_error_line(tmp_path, capsys, make, line_no, words):
+    d, path = _write_bad(tmp_path, make)
+    code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu")
+    _assert_one_error_line(code, err, str(path), words, *((f"line {line_no}:",) if line_no else ()))
+    code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu", "--reference")
+    _assert_one_error_line(code, err, str(path), words)  # --reference refuses exactly the same files
+
+
+def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    ckpt = ("--data_dir", data_dir, "--device", "cpu")
+    cases = [
+        (("--checkpoint", str(tmp_path / "missing.pt"), *ckpt), ("checkpoint not found",)),
+        (("--checkpoint", str(text), *ckpt), ("not a checkpoint of this trainer",)),
+        (("--checkpoint", str(empty), *ckpt), ("is empty", "not a checkpoint of this trainer")),
+        (("--checkpoint", str(tmp_path), *ckpt), ("is a directory",)),
+        (("--model", "gpt2", "--split", "dev", "--data_dir", data_dir), ("--split",)),
+        (("--model", "gpt2", "--split", "test", "--data_dir", data_dir), ("--split",)),
+        (("--model", "gpt2", "--limit", "0", "--data_dir", data_dir), ("--limit must be >= 1",)),
+        (("--model", "gpt2", "--batch_size", "0", "--data_dir", data_dir), ("--batch_size must be >= 1",)),
+        (("--model", "gpt2", "--dtype", "bfloat16", "--data_dir", data_dir), ("--dtype",)),
+        (("--model", "gpt2", "--device", "tpu", "--data_dir", data_dir), ("--device tpu",)),
+        (("--model", "gpt2", "--device", "cuda:5", "--data_dir", data_dir), ("--device cuda:5",)),
+        (("--data_dir", data_dir), ("--model", "--checkpoint")),
+    ]
+    for args, words in cases:
+        code, _, err = _main(capsys, *args)
+        _assert_one_error_line(code, err, *words)
+    for args in ((str(text),), (str(empty),)):  # and no pickle / weights_only hint
+        code, _, err = _main(capsys, "--checkpoint", *args, *ckpt)
+        assert "pickle" not in err.lower() and "weights_only" not in err
+
+
+def test_cli_help_one_default_per_flag():
+    parser = hellaswag.build_parser()
+    actions = [a for a in parser._actions if a.dest != "help"]
+    assert all(a.help for a in actions)
+    assert not any("default" in a.help.lower() for a in actions)  # the formatter adds the one default
+    text = " ".join(parser.format_help().split())
+    assert text.count("(default:") == len(actions)
+    choices = next(a for a in actions if a.dest == "dtype").choices
+    assert list(choices) == list(train_gpt2.DTYPES)
+
+
+# -----------------------------------------------------------------------------
+# benchmark script
+
+
+def test_bench_smoke_tiny_model(tmp_path, data_dir, capsys):
+    """benchmarks/bench_hellaswag.py still runs with this API; its last stdout line is JSON."""
+    spec = importlib.util.spec_from_file_location("bench_hellaswag", REPO / "benchmarks/bench_hellaswag.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cpu", "--compile", "0", "--data_dir", data_dir, "--limit", "6", "--n_layer", "1",
+                "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--dtype", "fp32"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("reference", "batched", "speedup", "predictions_identical", "predictions_differing",
+                "acc_norm_identical", "examples", "device", "torch", "dtype"):
+        assert key in out, key
+    assert {"seconds"} <= set(out["reference"]) and {"seconds", "first_call_seconds"} <= set(out["batched"])
+    assert out["examples"] == 6 and out["dtype"] == "fp32" and out["torch"] == torch.__version__
+    assert out["predictions_identical"] == 6 and out["predictions_differing"] == 0 and out["acc_norm_identical"]

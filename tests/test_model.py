@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import train_gpt2
 from train_gpt2 import GPT, GPT2_VOCAB, MODEL_PRESETS, GPTConfig, cross_entropy_fp32
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,10 +102,9 @@ def test_loss_falls_on_a_tiny_batch(arch):
     assert losses[-1] < losses[0] - 3
 
 
-def test_cross_entropy_matches_pytorch_and_ignores_minus_one(monkeypatch):
-    from train_gpt2 import FP32CrossEntropy
-
-    monkeypatch.setattr(FP32CrossEntropy, "CHUNK_ELEMENTS", 1000)  # force several chunks
+def test_chunked_cross_entropy_equals_pytorch_and_ignores_minus_one(monkeypatch):
+    """The eager loss path: value and gradients as F.cross_entropy's in fp32, over several chunks."""
+    monkeypatch.setattr(train_gpt2, "LOSS_CHUNK_ELEMENTS", 1000)  # 3 rows of 300 per chunk
     torch.manual_seed(0)
     logits = torch.randn(3, 11, 300, requires_grad=True)
     targets = torch.randint(0, 300, (3, 11))
@@ -113,25 +113,94 @@ def test_cross_entropy_matches_pytorch_and_ignores_minus_one(monkeypatch):
     (g_ours,) = torch.autograd.grad(ours, logits)
     ref = F.cross_entropy(logits.view(-1, 300), targets.view(-1), ignore_index=-1)
     (g_ref,) = torch.autograd.grad(ref, logits)
-    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
-    assert torch.allclose(g_ours, g_ref, atol=1e-7)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-5, atol=1e-8)
     assert torch.all(g_ours[0, :4] == 0)
 
 
-def test_bf16_loss_is_fp32_and_keeps_no_fp32_copy_of_the_logits():
-    """Under bf16 autocast the loss is fp32, but autograd saves no fp32 (B*T, V) tensor."""
-    model = tiny_model()
-    idx = torch.randint(0, GPT2_VOCAB, (2, 16))
-    B, T, V = 2, 15, model.config.vocab_size
+def saved_for_backward(fn):
+    """(dtype, numel) of every tensor autograd saves while fn() runs."""
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits, loss = model(idx[:, :-1], idx[:, 1:])
-    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
-    big_fp32 = [s for s in saved if s == (torch.float32, B * T * V)]
-    assert not big_fp32, "an fp32 copy of the logits is kept for backward"
-    assert (torch.bfloat16, B * T * V) in saved  # the bf16 logits themselves are enough
+        out = fn()
+    return out, saved
+
+
+def test_eager_bf16_loss_is_fp32_and_keeps_no_fp32_copy_of_the_logits():
+    """Why the chunked Function exists: under bf16 autocast, eager F.cross_entropy(logits.float())
+    saves an fp32 (B*T, V) tensor for the backward; ours saves only the bf16 logits."""
+    model = tiny_model()
+    idx = torch.randint(0, GPT2_VOCAB, (2, 16))
+    BTV = 2 * 15 * model.config.vocab_size
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (logits, loss), saved = saved_for_backward(lambda: model(idx[:, :-1], idx[:, 1:]))
+        _, saved_plain = saved_for_backward(
+            lambda: F.cross_entropy(model(idx[:, :-1])[0].float().view(-1, model.config.vocab_size), idx[:, 1:].reshape(-1)))
+    assert logits is None and loss.dtype == torch.float32
+    assert (torch.float32, BTV) in saved_plain  # the cost the chunked path avoids
+    assert (torch.float32, BTV) not in saved, "an fp32 copy of the logits is kept for backward"
+    assert (torch.bfloat16, BTV) in saved  # the bf16 logits themselves are enough
     loss.backward()
+
+
+def count_graphs(model):
+    """torch.compile(model) with a counting backend: -> (compiled, counts of forward and backward
+    graphs compiled, dynamo's graph-break counter)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._dynamo.utils import counters
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    torch._dynamo.reset()
+    counters.clear()
+    counts = {"forward": 0, "backward": 0}
+
+    def compiler(kind):
+        def compile_fn(gm, example_inputs):
+            counts[kind] += 1
+            return make_boxed_func(gm.forward)
+        return compile_fn
+
+    backend = aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))
+    return torch.compile(model, backend=backend), counts, counters["graph_break"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_compiled_forward_and_backward_have_no_graph_breaks(arch):
+    """The compiler sees the whole loss: one forward and one backward graph for a training step,
+    one graph for a validation forward (with ignored targets) and one for a HellaSwag forward."""
+    model = tiny_model(arch)
+    compiled, counts, breaks = count_graphs(model)
+    x, y = torch.randint(0, GPT2_VOCAB, (2, 2, 16))
+    _, loss = compiled(x, y)
+    loss.backward()
+    assert counts == {"forward": 1, "backward": 1} and not breaks, (counts, dict(breaks))
+    model.eval()
+    with torch.no_grad():
+        y[1] = -1  # a padded val batch
+        compiled(x, y)
+        compiled(x)  # logits only, as HellaSwag calls it
+    assert counts == {"forward": 3, "backward": 1} and not breaks, (counts, dict(breaks))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_compiled_loss_and_gradients_equal_the_eager_chunked_ones(arch, monkeypatch):
+    """One loss, two implementations (F.cross_entropy when compiled, the chunked Function when
+    eager): equal values and gradients in fp32."""
+    monkeypatch.setattr(train_gpt2, "LOSS_CHUNK_ELEMENTS", 5000)  # several chunks
+    model = tiny_model(arch)
+    compiled, _, _ = count_graphs(model)
+    x, y = torch.randint(0, GPT2_VOCAB, (2, 2, 16))
+    y[0, :5] = -1
+    grads = []
+    for m in (model, compiled):
+        model.zero_grad()
+        _, loss = m(x, y)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = grads
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-6)
+    for a, b in zip(eager_grads, compiled_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 def make_hf_dir(tmp_path, vocab_size=GPT2_VOCAB):

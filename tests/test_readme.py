@@ -14,8 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # what the quick start needs from the repo (it runs in a scratch copy, so results/ stays clean)
-FILES = ["train_gpt2.py", "fineweb.py", "hellaswag.py", "show_results.ipynb", "results/write_training_params.py",
-         "requirements.txt", "requirements-dev.txt"]
+FILES = ["train_gpt2.py", "fineweb.py", "hellaswag.py", "show_results.ipynb", "results/__init__.py",
+         "results/write_training_params.py", "requirements.txt", "requirements-dev.txt"]
 
 
 def quickstart_commands():
@@ -65,7 +65,8 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     val = [float(line.split()[2]) for line in log if line.split()[1] == "val"]
     assert val[-1] < val[0] - 1.0  # it learned something from the text
     assert (tmp_path / "quickstart_log" / "samples.txt").read_text().count("sample0") == 2
-    assert (tmp_path / "quickstart_log" / "model_00050.pt").exists()
+    max_steps = int(re.search(r"--max_steps (\d+)", " ".join(commands)).group(1))
+    assert (tmp_path / "quickstart_log" / f"model_{max_steps:05d}.pt").exists()
     png = tmp_path / "results" / "quickstart" / "loss.png"
     assert png.exists() and png.stat().st_size > 10_000
     writeup = (tmp_path / "results" / "quickstart" / "training_params.md").read_text()

@@ -1,0 +1,160 @@
+"""
+The plain reference training step: build-nanogpt's loop around our model, so the trainer's
+--benchmark figures have a baseline measured on the same card in the same call.
+
+    python benchmarks/bench_reference_step.py --micro_batch 16            # GPU: compiled, bf16
+    python benchmarks/bench_reference_step.py --micro_batch 2 --seq_len 64 --n_layer 2 --n_head 2 \
+        --n_embd 64 --block_size 64 --device cpu --dtype fp32 --compile 0 --steps 3   # CPU smoke
+
+What is the same as `train_gpt2.py --benchmark`: the model class and its init (train_gpt2.GPT,
+arch gpt2, vocab 50304, seed 1337), random tokens, one micro-step per step, the timing (median
+step time of the steps after the first third) and the JSON keys it prints.
+What is build-nanogpt's instead of ours: the loss is F.cross_entropy on the full logits cast to
+fp32, inside the compiled module; the loop keeps `logits` alive (`logits, loss = model(x, y)`);
+batches are plain `x.to(device)` copies of pageable tensors; fused AdamW (betas 0.9/0.95,
+eps 1e-8, weight decay 0.1 on 2-D tensors); grad clip 1.0; one `.item()` per step.
+The last stdout line is one JSON object.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import train_gpt2  # noqa: E402
+
+
+class NanoGPTLoss(nn.Module):
+    """Our GPT with build-nanogpt's loss: fp32 cross-entropy over the full (B*T, V) logits.
+    Wrapped in one module so torch.compile sees the model and the loss as one graph."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        logits, _ = self.model(x)  # no targets: our forward returns the logits only
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        return logits, loss
+
+
+def configure_optimizer(model, weight_decay, lr, fused):
+    """build-nanogpt's AdamW: decay the tensors with >= 2 dims (matmuls, embeddings) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+
+def warmup_lr(step, max_lr=6e-4, warmup_steps=715):
+    """build-nanogpt's schedule during warmup (a benchmark never leaves it); speed does not
+    depend on the value, but the loop sets it every step as the real one does."""
+    return max_lr * (step + 1) / warmup_steps
+
+
+def pick_device(requested):
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def card_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--micro_batch", type=int, default=16)
+    p.add_argument("--seq_len", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--n_layer", type=int, default=12)
+    p.add_argument("--n_head", type=int, default=12)
+    p.add_argument("--n_embd", type=int, default=768)
+    p.add_argument("--block_size", type=int, default=1024)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA")
+    p.add_argument("--compile", type=int, default=None, choices=[0, 1], help="default: 1 on CUDA")
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+
+    device = pick_device(args.device)
+    on_cuda = device.type == "cuda"
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_cuda else "fp32")
+    use_compile = bool(args.compile if args.compile is not None else on_cuda)
+    if on_cuda:
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # as build-nanogpt: TF32 for fp32 matmuls
+
+    torch.manual_seed(args.seed)  # the trainer's init: same seed, same module order
+    config = train_gpt2.GPTConfig(block_size=args.block_size, vocab_size=50304, n_layer=args.n_layer,
+                                  n_head=args.n_head, n_embd=args.n_embd, arch="gpt2")
+    raw_model = train_gpt2.GPT(config).to(device)
+    model = NanoGPTLoss(raw_model)
+    if use_compile:
+        model = torch.compile(model)
+    optimizer = configure_optimizer(raw_model, 0.1, warmup_lr(0), fused=on_cuda)
+    generator = torch.Generator().manual_seed(args.seed)
+    B, T = args.micro_batch, args.seq_len
+    print(f"reference step: {raw_model.num_params():,} params, B={B} T={T}, device {device}, "
+          f"dtype {dtype}, compile {use_compile}", file=sys.stderr)
+
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    synchronize(device)
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        optimizer.zero_grad()
+        # build-nanogpt's DataLoaderLite: B*T+1 consecutive tokens in pageable memory
+        buf = torch.randint(0, train_gpt2.GPT2_VOCAB, (B * T + 1,), generator=generator)
+        x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            logits, loss = model(x, y)  # logits stays referenced until the next step, as in build-nanogpt
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_lr(step)
+        optimizer.step()
+        loss_value = loss.item()  # the one host sync of the step (waits for the optimizer too)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        print(f"reference step {step}: loss {loss_value:.4f} dt {times[-1] * 1000:.0f} ms", file=sys.stderr)
+
+    steady = times[max(1, len(times) // 3):] or times  # the trainer's rule: drop the first third
+    dt = statistics.median(steady)
+    tok_s = B * T / dt
+    peak = train_gpt2.peak_flops(card_name(device))
+    flops = train_gpt2.flops_per_token(raw_model, T)
+    result = {
+        "impl": "reference",
+        "tokens_per_s": round(tok_s, 1),
+        "mfu": round(flops * tok_s / peak, 4) if peak else None,
+        "step_ms": round(dt * 1000, 2),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if on_cuda else None,
+        "compile_s": round(times[0] - dt, 2) if use_compile else 0.0,
+        "gpu": card_name(device), "world_size": 1, "dtype": dtype, "compile": use_compile, "arch": "gpt2",
+        "n_params": raw_model.num_params(), "micro_batch": B, "seq_len": T, "total_batch": B * T,
+        "grad_accum": 1, "steps": args.steps, "torch": torch.__version__, "loss_last": round(loss_value, 4),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
