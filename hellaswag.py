@@ -299,11 +299,7 @@ def render_example(example, enc=None, max_len=None):
 # -----------------------------------------------------------------------------
 # shared evaluation helpers
 
-# should_stop() is called every this many forward passes. The trainer's should_stop all-reduces a
-# flag and reads it back, a host sync (~0.1 ms plus a GPU bubble of about one batch build, ~1 ms)
-# that stalls the queue of async forwards; 8 forwards of 4*batch_size rows take >= ~40 ms even on
-# an H100 (124M, batch 32), so the checks cost ~2%, and a stop still lands within 8 forwards.
-STOP_CHECK_EVERY = 8
+STOP_CHECK_EVERY = train_gpt2.STOP_CHECK_EVERY  # should_stop() is called every this many forwards
 
 
 def _model_block_size(model):
@@ -464,17 +460,6 @@ def _build_batch(row_ids, T, rows_per_batch, row_tokens, ctx_lens):
     return idx, cat(flat_pos), cat(targets), cat(owners)
 
 
-def _to_device(array, device):
-    """One host->device copy. On CUDA from pinned memory with non_blocking, so it is truly async
-    (from pageable memory the copy waits for the GPU to drain and the CPU cannot run ahead). On
-    MPS and CPU a plain copy: non_blocking from unpinned memory on MPS has been reported to
-    silently corrupt data (pytorch/pytorch#139550, #189690)."""
-    t = torch.from_numpy(array)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 @torch.no_grad()
 def evaluate(model, examples, device, *, dtype="fp32", rank=0, world_size=1, batch_size=None,
              max_len=None, should_stop=None, progress=False, return_predictions=False,
@@ -555,7 +540,7 @@ def evaluate(model, examples, device, *, dtype="fp32", rank=0, world_size=1, bat
                 continue
             row_ids, T = batches[slot]
             idx, flat_pos, targets, owners = _build_batch(row_ids, T, rows_per_batch, row_tokens, ctx_lens)
-            packed = _to_device(np.concatenate([idx.ravel(), flat_pos, targets, owners]), device)
+            packed = train_gpt2.to_device(torch.from_numpy(np.concatenate([idx.ravel(), flat_pos, targets, owners])), device)
             n_idx, n_sel = idx.size, flat_pos.size
             idx = packed[:n_idx].view(rows_per_batch, T)  # (B, T)
             flat_pos, targets, owners = packed[n_idx:].view(3, n_sel)  # (N_sel,) each

@@ -488,7 +488,7 @@ def shard_max_tokens_from_manifest(paths):
 
 def to_batch(windows):
     """(B, T+1) uint16 windows -> inputs and targets, (B, T) int64 each, contiguous (a strided
-    slice would be copied to the GPU through an unpinned temporary, see Trainer.to_device)."""
+    slice would be copied to the GPU through an unpinned temporary, see to_device)."""
     t = torch.from_numpy(windows.astype(np.int64))
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
@@ -707,6 +707,29 @@ def autocast_ctx(device_type, dtype):
 
 def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so a wall-clock time measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def speed_figures(times, tokens_per_step, flops_per_token, peak, device, compiled, world_size=1):
+    """--benchmark's figures from the wall time of each step: the median of the steps after the
+    first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
+    steady = times[max(1, len(times) // 3):] or times
+    dt = statistics.median(steady)
+    tok_s = tokens_per_step / dt
+    return {
+        "tokens_per_s": round(tok_s, 1),
+        "mfu": round(flops_per_token * tok_s / (peak * world_size), 4) if peak else None,
+        "step_ms": round(dt * 1000, 2),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
+        "compile_s": round(times[0] - dt, 2) if compiled else 0.0,
+    }
 
 
 def pid_alive(pid):
@@ -1042,8 +1065,10 @@ RESUME_MUST_MATCH = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab
 
 # --- evaluation
 
-# Evaluations check for a stop request every this many forward passes: under DDP that is a tiny
-# all-reduce and a host sync, negligible next to 8 forwards of a batch.
+# Evaluations (val here, HellaSwag in hellaswag.py) check for a stop request every this many
+# forward passes. Under DDP a check all-reduces a flag and reads it back: a host sync (~0.1 ms plus a
+# GPU bubble of about one batch build, ~1 ms), against >= ~40 ms for 8 forwards of a 124M model even
+# on an H100, so ~2%; and a stop still lands within 8 forwards.
 STOP_CHECK_EVERY = 8
 
 
@@ -1071,7 +1096,7 @@ def evaluate_val(model, val_set, dist, micro_batch, device, amp, should_stop=Non
             if n_pad:
                 x = torch.cat([x, x[:1].expand(n_pad, -1)])
                 y = torch.cat([y, torch.full((n_pad, y.size(1)), -1, dtype=y.dtype)])
-            x, y = to_device(x, y, device)
+            x, y = batch_to_device(x, y, device)
             with amp:
                 _, loss = model(x, y)
             n = len(ids) * y.size(1)
@@ -1084,15 +1109,21 @@ def evaluate_val(model, val_set, dist, micro_batch, device, amp, should_stop=Non
     return (loss_sum / count).item()
 
 
-def to_device(x, y, device):
-    """Batches to the device. On CUDA from pinned memory with non_blocking, so the copy overlaps the
-    GPU's work instead of waiting for it (x and y are contiguous, see to_batch). Inputs are marked
-    static for torch.compile: the training and val graphs then keep fixed shapes whatever ran
-    before them (HellaSwag's varying lengths would otherwise make dynamo compile symbolic shapes)."""
+def to_device(t, device):
+    """One host->device copy. On CUDA from pinned memory with non_blocking, so the copy overlaps
+    the GPU's work instead of waiting for it (t must be contiguous, or the pinned copy goes through
+    an unpinned temporary). On MPS and CPU a plain copy: non_blocking from unpinned memory on MPS
+    has been reported to silently corrupt data (pytorch/pytorch#139550)."""
     if device.type == "cuda":
-        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    else:
-        x, y = x.to(device), y.to(device)
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def batch_to_device(x, y, device):
+    """A training or val batch to the device, marked static for torch.compile: those graphs then
+    keep fixed shapes whatever ran before them (HellaSwag's varying lengths would otherwise make
+    dynamo compile symbolic shapes)."""
+    x, y = to_device(x, device), to_device(y, device)
     torch._dynamo.mark_static(x)
     torch._dynamo.mark_static(y)
     return x, y
@@ -1348,11 +1379,9 @@ class Trainer:
             run_dir.check_fresh()
             return None
         self.resume_path, ckpt = run_dir.find_resume(args.resume)
-        saved = ckpt.get("args", {})
-        ours = asdict(self.model_config) | {k: getattr(args, k) for k in ("seq_len", "total_batch", "seed",
-                                                                          "shuffle", "optimizer")}
-        theirs = dict(ckpt["config"]) | {k: saved.get(k) for k in ("seq_len", "total_batch", "seed", "shuffle")}
-        theirs["optimizer"] = saved.get("optimizer", "adamw")
+        # the checkpoint's model config and arguments against ours; older checkpoints were AdamW's
+        theirs = {"optimizer": "adamw"} | ckpt.get("args", {}) | ckpt["config"]
+        ours = vars(args) | asdict(self.model_config)
         diff = [f"{k} {theirs.get(k)} -> {ours[k]}" for k in RESUME_MUST_MATCH if theirs.get(k) != ours[k]]
         if diff:
             raise UserError(f"--resume: {self.resume_path} was trained with other settings ({'; '.join(diff)}); "
@@ -1442,7 +1471,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         loss_accum = torch.zeros((), device=self.device)
         for micro_step in range(self.grad_accum):
-            x, y = to_device(*self.loader.batch(step, micro_step), self.device)
+            x, y = batch_to_device(*self.loader.batch(step, micro_step), self.device)
             # DDP must know BEFORE the forward whether this backward all-reduces; only the last
             # micro-step does (build-nanogpt PR #30 fixed the same ordering bug)
             last = micro_step == self.grad_accum - 1
@@ -1472,12 +1501,6 @@ class Trainer:
             self.scaler.update()
         return loss_value, norm_value, args.max_lr * factor, True
 
-    def synchronize(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
-
     def benchmark(self):
         """--benchmark: --steps steps of the real train_step on random tokens; median tokens/s of
         the steps after the first third (compile and warm-up excluded)."""
@@ -1486,26 +1509,19 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         times = []
         for step in range(args.steps):
-            self.synchronize()
+            synchronize(self.device)
             t0 = time.perf_counter()
             loss, norm, lr, ok = self.train_step(step)
-            self.synchronize()
+            synchronize(self.device)
             times.append(time.perf_counter() - t0)
             self.log(f"bench step {step}: loss {loss:.4f} dt {times[-1] * 1000:.0f} ms")
-        steady = times[max(1, len(times) // 3):] or times
-        dt = statistics.median(steady)
-        tok_s = args.total_batch / dt
-        result = {
-            "tokens_per_s": round(tok_s, 1),
-            "mfu": round(self.flops_per_token * tok_s / (self.peak * self.dist.world_size), 4) if self.peak else None,
-            "step_ms": round(dt * 1000, 2),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda" else None,
-            "compile_s": round(times[0] - dt, 2) if self.compile else 0.0,
-            "gpu": self.device_name, "world_size": self.dist.world_size, "dtype": self.dtype,
-            "compile": self.compile, "arch": args.arch, "optimizer": args.optimizer, "n_params": self.n_params,
-            "micro_batch": args.micro_batch, "seq_len": args.seq_len, "total_batch": args.total_batch,
-            "grad_accum": self.grad_accum, "steps": args.steps, "torch": torch.__version__,
-        }
+        result = speed_figures(times, args.total_batch, self.flops_per_token, self.peak, self.device, self.compile,
+                               world_size=self.dist.world_size)
+        result.update(
+            gpu=self.device_name, world_size=self.dist.world_size, dtype=self.dtype, compile=self.compile,
+            arch=args.arch, optimizer=args.optimizer, n_params=self.n_params, micro_batch=args.micro_batch,
+            seq_len=args.seq_len, total_batch=args.total_batch, grad_accum=self.grad_accum, steps=args.steps,
+            torch=torch.__version__)
         if self.dist.master:
             print(json.dumps(result))
         return result
@@ -1536,7 +1552,7 @@ class Trainer:
             if not ok:
                 raise UserError(f"loss is {loss} (grad norm {norm}) at step {step}; the update was not applied "
                                 f"and no checkpoint was written; {self.divergence_hint()}")
-            self.synchronize()
+            synchronize(self.device)
             dt = time.time() - t0
             dt_ema = dt if dt_ema is None else 0.9 * dt_ema + 0.1 * dt
             tok_s = args.total_batch / dt

@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from results.write_training_params import parse_log  # noqa: E402  (the log's one parser)
+
 TRAINER = REPO / "train_gpt2.py"
 RESULTS_DIR = REPO / "benchmarks" / "results" / "muon_cpu"
 
@@ -179,7 +182,6 @@ def check_split_qkv(tg, trainer_argv):
 
 
 def run_worker(trainer_argv):
-    sys.path.insert(0, str(REPO))
     import train_gpt2 as tg
 
     same_init, diff = check_split_qkv(tg, trainer_argv)  # leaves the patch in place
@@ -212,16 +214,6 @@ def trainer_argv(args, run, data_dir, log_dir):
     if run["optimizer"] == "muon":
         argv += ["--muon_lr", f"{run['muon_lr']:g}"]
     return argv
-
-
-def read_log(log_dir):
-    """log.txt lines are "step name value" -> {name: [(step, value)]}."""
-    records = {}
-    with open(os.path.join(log_dir, "log.txt")) as f:
-        for line in f:
-            step, name, value = line.split()
-            records.setdefault(name, []).append((int(step), float(value)))
-    return records
 
 
 def run_one(args, run, data_dir, bench_id):
@@ -258,7 +250,7 @@ def run_one(args, run, data_dir, bench_id):
 
 
 def make_record(args, run, log_dir, cmd, rc, wall, bench_id, load_before):
-    log = read_log(log_dir) if os.path.exists(os.path.join(log_dir, "log.txt")) else {}
+    log = parse_log(os.path.join(log_dir, "log.txt")) if os.path.exists(os.path.join(log_dir, "log.txt")) else {}
     val = log.get("val", [])
     train = [v for _, v in log.get("train", [])]
     stdout = Path(log_dir, "stdout.txt").read_text()

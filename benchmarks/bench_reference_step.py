@@ -18,7 +18,6 @@ The last stdout line is one JSON object.
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,23 +60,6 @@ def warmup_lr(step, max_lr=6e-4, warmup_steps=715):
     return max_lr * (step + 1) / warmup_steps
 
 
-def pick_device(requested):
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def card_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--micro_batch", type=int, default=16)
@@ -93,7 +75,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
 
-    device = pick_device(args.device)
+    device = train_gpt2.resolve_device(args.device)
     on_cuda = device.type == "cuda"
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_cuda else "fp32")
     use_compile = bool(args.compile if args.compile is not None else on_cuda)
@@ -117,7 +99,7 @@ def main(argv=None):
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    synchronize(device)
+    train_gpt2.synchronize(device)
     for step in range(args.steps):
         t0 = time.perf_counter()
         optimizer.zero_grad()
@@ -133,26 +115,18 @@ def main(argv=None):
             group["lr"] = warmup_lr(step)
         optimizer.step()
         loss_value = loss.item()  # the one host sync of the step (waits for the optimizer too)
-        synchronize(device)
+        train_gpt2.synchronize(device)
         times.append(time.perf_counter() - t0)
         print(f"reference step {step}: loss {loss_value:.4f} dt {times[-1] * 1000:.0f} ms", file=sys.stderr)
 
-    steady = times[max(1, len(times) // 3):] or times  # the trainer's rule: drop the first third
-    dt = statistics.median(steady)
-    tok_s = B * T / dt
-    peak = train_gpt2.peak_flops(card_name(device))
+    card = train_gpt2.device_name(device)
     flops = train_gpt2.flops_per_token(raw_model, T)
-    result = {
-        "impl": "reference",
-        "tokens_per_s": round(tok_s, 1),
-        "mfu": round(flops * tok_s / peak, 4) if peak else None,
-        "step_ms": round(dt * 1000, 2),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if on_cuda else None,
-        "compile_s": round(times[0] - dt, 2) if use_compile else 0.0,
-        "gpu": card_name(device), "world_size": 1, "dtype": dtype, "compile": use_compile, "arch": "gpt2",
-        "n_params": raw_model.num_params(), "micro_batch": B, "seq_len": T, "total_batch": B * T,
-        "grad_accum": 1, "steps": args.steps, "torch": torch.__version__, "loss_last": round(loss_value, 4),
-    }
+    result = {"impl": "reference"} | train_gpt2.speed_figures(times, B * T, flops, train_gpt2.peak_flops(card), device,
+                                                               use_compile)
+    result.update(
+        gpu=card, world_size=1, dtype=dtype, compile=use_compile, arch="gpt2", n_params=raw_model.num_params(),
+        micro_batch=B, seq_len=T, total_batch=B * T, grad_accum=1, steps=args.steps, torch=torch.__version__,
+        loss_last=round(loss_value, 4))
     print(json.dumps(result))
 
 
