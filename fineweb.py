@@ -124,9 +124,9 @@ def corrupt_file_error(path, problem):
                      read_part="the readable part of the corrupt file")
 
 
-def bad_record_error(path, where, problem, unit="line"):
-    """One record (a jsonl line, a parquet row) is not a document: fix or drop it."""
-    return UserError(f"{where}: {problem}", input_file=str(path), fix=f"fix or remove that {unit}",
+def bad_record_error(path, number, problem, unit="line"):
+    """Record `number` (a jsonl line, a parquet row) of path is not a document: fix or drop it."""
+    return UserError(f"{path} {unit} {number}: {problem}", input_file=str(path), fix=f"fix or remove that {unit}",
                      read_part=f"the {unit}s before it")
 
 
@@ -202,16 +202,16 @@ def encode_batch(segments):
     """Worker job: a batch of segments -> (tokens uint16 (N,), doc lengths (D,), file marks, error or None).
 
     A segment is ("texts", [str, ...]), ("jsonl", raw_lines_bytes, path, first_line_number) or
-    ("file", path, begins_before_resume) where an input file starts. JSON lines are parsed here, in
+    ("file", path) where an input file starts after the resume point. JSON lines are parsed here, in
     the worker, so the main process only reads/decompresses bytes; which is also why only the worker
-    can tell at which document a file starts: marks = [(path, documents of this batch before it,
-    begins_before_resume)]. On a bad record the documents before it are still returned, with the
-    error, so they can be written first.
+    can tell at which document a file starts: marks = [(path, documents of this batch before it)].
+    On a bad record the documents before it are still returned, with the error, so they can be
+    written first.
     """
     texts, marks, error = [], [], None
     for seg in segments:
         if seg[0] == "file":
-            marks.append((seg[1], len(texts), seg[2]))
+            marks.append((seg[1], len(texts)))
         elif seg[0] == "texts":
             texts.extend(seg[1])
         else:
@@ -263,14 +263,13 @@ def parse_jsonl_block(block, path, lineno, texts):
     for i, line in enumerate(block.split(b"\n")):
         if not line or line.isspace():
             continue  # blank lines are not records
-        where = f"{path} line {lineno + i}"
         try:
             record = json.loads(line)
         except ValueError as e:  # JSONDecodeError and bad UTF-8 (UnicodeDecodeError)
-            return bad_record_error(path, where, f"invalid JSON ({e})")
+            return bad_record_error(path, lineno + i, f"invalid JSON ({e})")
         problem = record_problem(record)
         if problem:
-            return bad_record_error(path, where, problem)
+            return bad_record_error(path, lineno + i, problem)
         texts.append(record["text"])
     return None
 
@@ -364,7 +363,7 @@ def read_parquet(path, skip):
                     k = texts.index(None)
                     if k:
                         yield ("texts", texts[:k])  # the rows before it still count
-                    raise bad_record_error(path, f"{path} row {row + k}", "\"text\" is null", unit="row")
+                    raise bad_record_error(path, row + k, "\"text\" is null", unit="row")
                 if texts:
                     yield ("texts", texts)
                 row += len(texts)
@@ -389,9 +388,11 @@ def read_txt(path, skip):
 
 def iter_source_segments(files, skip=0, progress=None):
     """Segments of all documents in `files`, in order, starting at document index `skip`; a
-    ("file", path, begins_before_resume) segment marks where each file starts (see encode_batch)."""
+    ("file", path) segment marks where each file starts, unless some of its documents are in
+    finished shards (skip > 0 there; see encode_batch and with_next_step)."""
     for path in files:
-        yield ("file", str(path), skip > 0)  # skip > 0: some of its documents are in finished shards
+        if skip == 0:
+            yield ("file", str(path))
         if path.name.endswith(".parquet"):
             skip -= yield from read_parquet(path, skip)
         elif path.name.endswith(".txt"):
@@ -595,6 +596,11 @@ def describe_settings_change(old, new):
     return "?"
 
 
+def list_shard_files(out_dir):
+    """Names of the shard files (finished or not) in out_dir, sorted; [] when it does not exist."""
+    return sorted(p.name for p in out_dir.glob("*.npy") if SHARD_RE.match(p.name)) if out_dir.is_dir() else []
+
+
 def open_output(out_dir, settings):
     """Check out_dir against settings -> the manifest to continue from (a fresh one if nothing is finished).
 
@@ -602,7 +608,7 @@ def open_output(out_dir, settings):
     a manifest made with other settings, missing/changed finished shards, unknown shard files.
     """
     manifest_path = out_dir / MANIFEST_NAME
-    shard_files = sorted(p.name for p in out_dir.glob("*.npy") if SHARD_RE.match(p.name)) if out_dir.is_dir() else []
+    shard_files = list_shard_files(out_dir)
     fresh = dict(format=MANIFEST_FORMAT, settings=settings, shards=[], complete=False)
     if not manifest_path.exists():
         if shard_files:
@@ -879,7 +885,7 @@ def with_next_step(e, out_dir, shards, file_starts):
     Nothing finished: fixing the file and re-running just works (the run left no manifest behind).
     Shards finished: the fixed file has another size than the settings they were made with record, so
     the re-run is refused as "different settings"; only a fresh --local_dir (or deleting it) works.
-    file_starts: input file -> index of its first document, None when it begins before the resume point.
+    file_starts: input file -> index of its first document; absent when it begins before the resume point.
     """
     if not shards:
         return UserError(f"{e}; {e.fix} and re-run")
@@ -905,7 +911,7 @@ def missing_dirs(path):
 def forget_failed_run(out_dir, created_dirs):
     """A run that finished no shard leaves the output as it found it: no manifest claiming settings (so
     the corrected re-run, e.g. with another --shard_size, starts fresh) and none of the folders it made."""
-    if not any(SHARD_RE.match(p.name) for p in out_dir.glob("*.npy")):
+    if not list_shard_files(out_dir):
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     for d in created_dirs:
         try:
@@ -914,12 +920,13 @@ def forget_failed_run(out_dir, created_dirs):
             break  # not empty: leave it
 
 
-def write_all_shards(args, ds, settings, out_dir, manifest, executor=None):
+def write_all_shards(args, ds, out_dir, manifest, executor=None):
     """Tokenize the input, from where the finished shards end, into shards -> (writer, empty docs skipped).
 
     Raises UserError on bad input; for a bad input file the message ends with what to do next.
     """
     writer = ShardWriter(out_dir, manifest)
+    settings = manifest["settings"]
     skip_docs, skip_tokens = writer.pos
     if manifest["shards"]:
         print(f"resuming {out_dir}: {len(manifest['shards'])} shards ({writer.tokens_done:,} tokens) already finished; "
@@ -948,39 +955,38 @@ def write_all_shards(args, ds, settings, out_dir, manifest, executor=None):
                   f"{shard['end_doc'] - (shard['end_offset'] == 0):,})", file=sys.stdout)
     writer.on_shard = on_shard
 
-    file_starts = {}  # input file -> index of its first document (None: it begins before the resume point)
+    file_starts = {}  # input file -> index of its first document (absent: it begins before the resume point)
     empty_docs = 0
     batches = tokenize_documents(segments, executor, max_inflight=2 * args.workers + 1)
     try:
-        try:
-            if not writer.full:
-                for tokens, lengths, marks in batches:
-                    for path, docs_before, before_resume in marks:
-                        file_starts[path] = None if before_resume else writer.pos[0] + docs_before
-                    if skip_tokens and len(lengths):  # a shard boundary cut this document: drop what was written
-                        if lengths[0] <= skip_tokens:
-                            raise UserError(f"document {skip_docs} is shorter than the manifest says; the input changed "
-                                            f"since the finished shards were made: delete {out_dir} to start over")
-                        tokens, lengths = tokens[skip_tokens:], lengths.copy()
-                        lengths[0] -= skip_tokens
-                        skip_tokens = 0
-                    empty_docs += int(np.count_nonzero(lengths == 0))
-                    before = writer.total
-                    writer.add(tokens, lengths)
-                    if progress is not None and args.max_tokens is None:
-                        bar.total = max(writer.total, progress.estimate_total(writer.total) or 0)
-                    bar.update(writer.total - before)
-                    if writer.full:
-                        break
-                if skip_tokens:
-                    raise UserError(f"document {skip_docs} is missing; the input changed since the finished shards "
-                                    f"were made: delete {out_dir} to start over")
-        except UserError as e:
-            if e.input_file is None:
-                raise
-            raise with_next_step(e, out_dir, manifest["shards"], file_starts) from None
+        if not writer.full:
+            for tokens, lengths, marks in batches:
+                for path, docs_before in marks:
+                    file_starts[path] = writer.pos[0] + docs_before
+                if skip_tokens and len(lengths):  # a shard boundary cut this document: drop what was written
+                    if lengths[0] <= skip_tokens:
+                        raise UserError(f"document {skip_docs} is shorter than the manifest says; the input changed "
+                                        f"since the finished shards were made: delete {out_dir} to start over")
+                    tokens, lengths = tokens[skip_tokens:], lengths.copy()
+                    lengths[0] -= skip_tokens
+                    skip_tokens = 0
+                empty_docs += int(np.count_nonzero(lengths == 0))
+                before = writer.total
+                writer.add(tokens, lengths)
+                if progress is not None and args.max_tokens is None:
+                    bar.total = max(writer.total, progress.estimate_total(writer.total) or 0)
+                bar.update(writer.total - before)
+                if writer.full:
+                    break
+            if skip_tokens:
+                raise UserError(f"document {skip_docs} is missing; the input changed since the finished shards "
+                                f"were made: delete {out_dir} to start over")
         check_enough_tokens(args, ds, writer)
         writer.finish_shard()  # the last shard holds the rest
+    except UserError as e:
+        if e.input_file is None:  # not about one input file (e.g. check_enough_tokens): as it is
+            raise
+        raise with_next_step(e, out_dir, manifest["shards"], file_starts) from None
     finally:
         batches.close()  # cancels encodes still queued
         if own_executor:
@@ -1021,7 +1027,7 @@ def run(args, executor=None):
         tmp.unlink()  # half-written shard of a killed run: never finished, redone below
     tokens_before = sum(s["tokens"] for s in shards)
     try:
-        writer, empty_docs = write_all_shards(args, ds, settings, out_dir, manifest, executor)
+        writer, empty_docs = write_all_shards(args, ds, out_dir, manifest, executor)
     except UserError:
         if not shards:
             forget_failed_run(out_dir, created)

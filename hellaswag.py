@@ -38,7 +38,6 @@ import os
 import sys
 import time
 import urllib.request
-import zipfile
 
 import numpy as np
 import torch
@@ -619,36 +618,32 @@ def get_args(argv=None):
 
 
 def load_checkpoint(path, device):
-    """Our GPT from a training checkpoint, or a UserError saying why the file is not one."""
+    """Our GPT from a training checkpoint, or a UserError saying why the file is not one (the
+    trainer's read_checkpoint checks the file, for --resume and here alike)."""
     hint = "pass a log/model_NNNNN.pt written by train_gpt2.py"
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint not found: {path}; {hint}")
-    if not os.path.isfile(path):
-        raise UserError(f"--checkpoint {path} is a directory, not a checkpoint; {hint}")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"--checkpoint {path} is empty (0 bytes), not a checkpoint of this trainer; {hint}")
-    # torch.save writes a zip archive; anything else (a text file, a log) would only give
-    # torch.load's unpickling errors, which point at weights_only instead of the wrong file
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"--checkpoint {path} is not a checkpoint of this trainer (not a torch.save file); {hint}")
     try:
         return train_gpt2.load_checkpoint_model(path, device)
-    except KeyError as e:
-        raise UserError(f"--checkpoint {path} is not a checkpoint of this trainer (no {e} entry); {hint}") from None
-    except Exception as e:
+    except UserError as e:
+        raise UserError(f"--checkpoint: {e}; {hint}") from None
+    except Exception as e:  # a readable checkpoint whose weights do not fit its config
         raise UserError(f"--checkpoint {path}: cannot load it ({_one_line(e)}); {hint}") from None
+
+
+def load_pretrained(name, device):
+    """Our GPT with HF weights (a GPT-2 name) or a local transformers dir, or a UserError."""
+    try:
+        model = train_gpt2.GPT.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"--model {name}: cannot load it ({_one_line(e)}); give a GPT-2 name cached "
+                        f"by transformers or a local transformers dir") from None
+    return model.to(device)
 
 
 def load_model(args, device):
     """Our GPT from a training checkpoint (--checkpoint) or HF weights / a transformers dir (--model)."""
     if args.checkpoint is not None:
         return load_checkpoint(args.checkpoint, device)
-    try:
-        model = train_gpt2.GPT.from_pretrained(args.model)
-    except Exception as e:
-        raise UserError(f"--model {args.model}: cannot load it ({_one_line(e)}); give a GPT-2 name cached "
-                        f"by transformers or a local transformers dir") from None
-    return model.to(device)
+    return load_pretrained(args.model, device)
 
 
 def run(argv=None):

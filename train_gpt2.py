@@ -569,8 +569,8 @@ class SyntheticLoader:
         self.generator = torch.Generator().manual_seed(seed)
 
     def batch(self, step, micro_step):
-        t = torch.randint(0, GPT2_VOCAB, (self.micro_batch, self.seq_len + 1), generator=self.generator)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        windows = torch.randint(0, GPT2_VOCAB, (self.micro_batch, self.seq_len + 1), generator=self.generator)
+        return to_batch(windows.numpy())
 
 
 # -----------------------------------------------------------------------------
@@ -879,16 +879,19 @@ def write_text(path, text):
 
 def read_checkpoint(path):
     """torch.load of one of our checkpoints, or a UserError that says what is wrong with the file."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such checkpoint file")
+        raise UserError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
-        raise UserError(f"{path} is empty (0 bytes), probably an interrupted copy; use another checkpoint")
+        raise UserError(f"{path} is empty (0 bytes), not a checkpoint of this trainer (an interrupted copy?); "
+                        f"use another checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # text, a truncated file, somebody else's pickle, ...
         ckpt = None
     if not isinstance(ckpt, dict) or not {"model", "config", "step"} <= ckpt.keys():
-        raise UserError(f"{path} is not a checkpoint written by train_gpt2.py (or it is damaged); use another one")
+        raise UserError(f"{path} is not a checkpoint of this trainer (train_gpt2.py), or it is damaged; use another one")
     return ckpt
 
 
@@ -910,6 +913,9 @@ class RunDir:
     removed. Only rank 0 writes; nothing is changed before every check of the start has passed."""
 
     EVAL_RECORDS = ("val", "hella", "hella_acc")
+    # log.txt's "{step} {name} {value}" records: build-nanogpt's names, with their precision
+    LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}", "lr": "{:.6e}",
+                   "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}", "mfu": "{:.4f}", "elapsed": "{:.1f}"}
 
     def __init__(self, path, master):
         self.path, self.master = path, master
@@ -994,13 +1000,11 @@ class RunDir:
                 log(f"removed {path} ({size / 2**20:,.0f} MB), left by a write that was killed")
 
     def log(self, step, **values):
-        formats = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}", "lr": "{:.6e}",
-                   "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}", "mfu": "{:.4f}", "elapsed": "{:.1f}"}
         if self.master:
             with open(self.log_file, "a") as f:
                 for name, value in values.items():
                     if value is not None:
-                        f.write(f"{step} {name} {formats.get(name, '{}').format(value)}\n")
+                        f.write(f"{step} {name} {self.LOG_FORMATS.get(name, '{}').format(value)}\n")
 
     def write_samples(self, step, texts):
         if self.master:
@@ -1406,9 +1410,8 @@ class Trainer:
         self.loader = TrainLoader(train, args.seq_len, args.seed, bool(args.shuffle), seqs_per_step=args.total_batch // args.seq_len,
                                   micro_batch=args.micro_batch, rank=dist.rank, world_size=dist.world_size)
         self.val_set = ValSet(TokenStream(val_paths), args.seq_len, args.val_tokens) if args.val_every > 0 else None
-        for stream in (train, self.val_set.stream if self.val_set else None):
-            if stream is not None:
-                stream.check_token_ids(dist)
+        for stream in [train] + ([self.val_set.stream] if self.val_set else []):
+            stream.check_token_ids(dist)
         self.log(f"data: {len(train_paths)} train shards, {train.total:,} tokens "
                  f"({self.loader.n_windows:,} sequences of {args.seq_len}); "
                  f"{args.max_steps * args.total_batch / train.total:.2f} epochs planned")

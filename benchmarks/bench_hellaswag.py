@@ -52,19 +52,14 @@ import train_gpt2  # noqa: E402
 
 def build_model(args, device):
     if args.model:
-        try:
-            model = train_gpt2.GPT.from_pretrained(args.model)
-        except Exception as e:
-            raise train_gpt2.UserError(f"--model {args.model}: cannot load it ({' '.join(str(e).split())})") from None
-        name = args.model
+        model, name = hellaswag.load_pretrained(args.model, device), args.model
     else:
         torch.manual_seed(args.seed)
-        cfg = train_gpt2.GPTConfig(block_size=args.block_size, vocab_size=50304, n_layer=args.n_layer,
-                                   n_head=args.n_head, n_embd=args.n_embd)
-        model = train_gpt2.GPT(cfg)
+        cfg = train_gpt2.GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                                   n_embd=args.n_embd)
+        model = train_gpt2.GPT(cfg).to(device)
         name = f"random GPT ({args.n_layer}L {args.n_head}H {args.n_embd}C, block {args.block_size})"
-    n_params = sum(p.numel() for p in model.parameters())
-    return model.to(device).eval(), name, n_params
+    return model.eval(), name, model.num_params()
 
 
 def get_args(argv=None):
@@ -98,8 +93,7 @@ def run(argv=None):
         torch.set_num_threads(args.threads)
     use_compile = bool(args.compile) if args.compile is not None else device.type == "cuda"
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # only affects fp32 runs
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # as the trainer: TF32 for fp32 runs' matmuls
 
     examples = hellaswag.load_examples(args.split, args.data_dir, args.limit)
     model, name, n_params = build_model(args, device)
@@ -119,7 +113,7 @@ def run(argv=None):
     n = len(examples)
     same_pred = sum(a == b for a, b in zip(ref["predictions"], fast["predictions"]))
     out = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "device": train_gpt2.device_name(device),
         "torch": torch.__version__,
         "model": name,
         "examples": n,
@@ -148,7 +142,7 @@ def main(argv=None):
     try:
         run(argv)
     except train_gpt2.UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {hellaswag._one_line(e)}", file=sys.stderr)
         sys.exit(1)
 
 

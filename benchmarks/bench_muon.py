@@ -36,6 +36,7 @@ What it does:
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -281,7 +282,9 @@ def make_record(args, run, log_dir, cmd, rc, wall, bench_id, load_before):
     }
 
 
+@functools.cache
 def machine():
+    """The CPU, core count and versions every record carries (probed once: they do not change)."""
     import torch
 
     model = platform.processor()
@@ -328,14 +331,14 @@ class Bench:
               f"{' (reused)' if record.get('reused') else ''}, {(time.time() - self.t0) / 60:.1f} min so far", flush=True)
         return record
 
-    def sweep(self, values, make_run, grow):
-        """Runs make_run(v) for each value; if the best is at an edge, one optional run beyond it
-        (grow(v, direction)). -> the best value by final val loss."""
+    def sweep(self, values, make_run):
+        """Runs make_run(v) for each value; if the best is at an edge, one optional run a factor 2
+        beyond it. -> the best value by final val loss."""
         values = sorted(values)
         results = {v: make_run(v, False) for v in values}
         best = best_of(results)
         if best is not None and len(values) > 1 and best in (values[0], values[-1]):
-            beyond = grow(best, -1 if best == values[0] else 1)
+            beyond = best * 2.0 ** (-1 if best == values[0] else 1)
             results[beyond] = make_run(beyond, True)
             best = best_of(results)
         return best
@@ -349,13 +352,10 @@ class Bench:
         def muon(mult, optional):
             return self.run(f"muon_x{mult:g}", "muon", lr, seed, mult=mult, optional=optional)
 
-        def double(value, direction):  # one step past an edge of a sweep
-            return value * 2.0 ** direction
-
-        lr = self.sweep(a.adamw_lrs, adamw, double)
+        lr = self.sweep(a.adamw_lrs, adamw)
         if lr is None:
             sys.exit("every AdamW run failed; see the stdout.txt files under " + os.path.join(a.work, "runs"))
-        mult = self.sweep(a.muon_mults, muon, double)
+        mult = self.sweep(a.muon_mults, muon)
         if mult is None:
             sys.exit("every Muon run failed")
         # the design question at the best Muon LR, same seed; then both again at the second seed

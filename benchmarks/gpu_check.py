@@ -695,7 +695,8 @@ def collect_env(env, data_dir):
     info["git"] = git_info()
     manifest = Path(data_dir) / MANIFEST
     if manifest.is_file():  # where git does not work, this says which commit the data was made at
-        info["data_prepared_at"] = {k: json.loads(manifest.read_text()).get(k) for k in ("created", "git", "smoke")}
+        prepared = json.loads(manifest.read_text())
+        info["data_prepared_at"] = {k: prepared.get(k) for k in ("created", "git", "smoke")}
     info["sources_sha256"] = {f: sha256_file(REPO / f) for f in SOURCE_FILES if (REPO / f).is_file()}
     return info
 
