@@ -578,10 +578,13 @@ def describe_input_change(old, new):
         p = resized[0]
         then_size, now_size = _show_value(then_sizes[p]), _show_value(now_sizes[p])
         return f"{show_path(p)}: {then_size} bytes {THEN}, now {now_size}" + _and_more(resized)
-    order = [p for p, _ in then_files], [p for p, _ in now_files]
-    if order[0] != order[1]:
-        i = next(i for i, (a, b) in enumerate(zip(*order)) if a != b)
-        return f"input file number {i + 1}: {show_path(order[0][i])} {THEN}, now {show_path(order[1][i])}"
+    then_order, now_order = [p for p, _ in then_files], [p for p, _ in now_files]
+    if then_order != now_order:  # the same files in another order, or one given a different number of times
+        n_common = min(len(then_order), len(now_order))
+        i = next((i for i in range(n_common) if then_order[i] != now_order[i]), n_common)
+        at = lambda order: show_path(order[i]) if i < len(order) else "none"  # noqa: E731
+        counts = f" ({len(then_order)} input files then, {len(now_order)} now)" if i == n_common else ""
+        return f"input file number {i + 1}: {at(then_order)} {THEN}, now {at(now_order)}{counts}"
     return f"input: {json.dumps(old)} {THEN}, now {json.dumps(new)}"  # a hand-edited manifest
 
 

@@ -771,6 +771,9 @@ def test_settings_change_is_named_exactly():
          f"/data/c.txt: not an input {then_}, now it is"),
         (settings((long, 7_697_251)), f"/data/b.jsonl: an input {then_}, now it is not"),
         (settings(("/data/b.jsonl", 10), (long, 7_697_251)), f"input file number 1: {long} {then_}, now /data/b.jsonl"),
+        # a file given twice, then once (or the other way round): the lists differ only in length
+        (settings((long, 7_697_251), ("/data/b.jsonl", 10), ("/data/b.jsonl", 10)),
+         f"input file number 3: none {then_}, now /data/b.jsonl (2 input files then, 3 now)"),
         (dict(then, max_tokens=5000), f"--max_tokens: not set {then_}, now 5,000"),
         (dict(then, shard_size=900), f"--shard_size: 800 {then_}, now 900"),
         (dict(then, prefix="fineweb"), f"shard file prefix (from --dataset): {PREFIX} {then_}, now fineweb"),
@@ -779,6 +782,19 @@ def test_settings_change_is_named_exactly():
     ]
     for now, reason in cases:
         assert fineweb.describe_settings_change(then, now) == reason
+
+
+def test_file_given_twice_then_once_is_one_error_line(tmp_path, capsys):
+    """--source a a, then --source a over the finished output: refused in one line that says the
+    second copy is gone (it used to end in a StopIteration traceback)."""
+    src = write_jsonl(tmp_path / "a.jsonl", make_docs(40, 26))
+    out = tmp_path / "out"
+    r = run_main(capsys, "--source", src, src, "--local_dir", out, "--shard_size", 500)
+    assert r.returncode == 0, r.stderr
+    before = snapshot(out)
+    r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", 500)
+    assert_one_line_error(r, "different settings", "input file number 2:", "now none", "2 input files then, 1 now")
+    assert snapshot(out) == before
 
 
 def test_manifest_without_max_token_still_works(tmp_path, enc, capsys):
