@@ -493,14 +493,18 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def write_atomic(path, write_fn):
-    """write_fn(file) into path.tmp, fsync, rename over path; a crash leaves path absent or complete."""
+def write_atomic(path, write_fn, before_rename=None):
+    """write_fn(file) into path.tmp, fsync, rename over path, fsync the folder: a crash leaves path
+    absent or complete. before_rename() runs between the fsync and the rename (the crash hook)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb+") as f:
         write_fn(f)
         f.flush()
         os.fsync(f.fileno())
-    return tmp
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def write_shard(path, tokens, index):
@@ -515,19 +519,13 @@ def write_shard(path, tokens, index):
         sha.update(memoryview(np.ascontiguousarray(tokens)))  # ...then the data, exactly as np.save wrote it
         out["sha256"] = sha.hexdigest()
 
-    tmp = write_atomic(path, save)
-    _crash_hook("tmp_written", index)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, save, before_rename=lambda: _crash_hook("tmp_written", index))
     _crash_hook("renamed", index)
     return out["bytes"], out["sha256"]
 
 
 def write_manifest(out_dir, manifest):
-    path = out_dir / MANIFEST_NAME
-    tmp = write_atomic(path, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode()))
-    os.replace(tmp, path)
-    _fsync_dir(out_dir)
+    write_atomic(out_dir / MANIFEST_NAME, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode()))
 
 
 def shard_name(prefix, index):

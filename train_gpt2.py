@@ -942,7 +942,10 @@ class RunDir:
     def find_resume(self, resume):
         """--resume (the newest readable checkpoint here) or --resume PATH -> (path, checkpoint)."""
         if resume != "latest":
-            return resume, read_checkpoint(resume)
+            try:
+                return resume, read_checkpoint(resume)
+            except UserError as e:
+                raise UserError(f"--resume: {e}") from None
         found = self.checkpoints()
         if not found:
             raise UserError(f"--resume: no checkpoint model_*.pt in {self.path}; start without --resume")
@@ -1300,8 +1303,6 @@ def validate_args(args, world_size):
         raise UserError(f"--total_batch {args.total_batch} is not a multiple of micro_batch*seq_len*world = "
                         f"{args.micro_batch}*{args.seq_len}*{world_size}; --micro_batch values that divide it: "
                         f"{', '.join(map(str, options)) or 'none (change --total_batch)'}")
-    if args.resume not in (None, "latest") and not os.path.isfile(args.resume):
-        raise UserError(f"--resume {args.resume}: no such checkpoint file")
 
 
 # --- the run

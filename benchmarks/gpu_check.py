@@ -545,7 +545,9 @@ def list_checkpoints(log_dir):
 
 def parse_log(text):
     """log.txt lines `{step} {name} {value}` -> [(step, name, value)]; a line still being
-    written (or anything else unexpected) is skipped."""
+    written (or anything else unexpected) is skipped. Every record is kept, in file order: unlike
+    results.write_training_params.parse_log (the later record of a step wins), so that
+    check_schedule can see a step logged twice."""
     records = []
     for line in text.splitlines():
         parts = line.split()
