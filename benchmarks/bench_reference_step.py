@@ -13,7 +13,8 @@ What is build-nanogpt's instead of ours: the loss is F.cross_entropy on the full
 fp32, inside the compiled module; the loop keeps `logits` alive (`logits, loss = model(x, y)`);
 batches are plain `x.to(device)` copies of pageable tensors; fused AdamW (betas 0.9/0.95,
 eps 1e-8, weight decay 0.1 on 2-D tensors); grad clip 1.0; one `.item()` per step.
-The last stdout line is one JSON object.
+The last stdout line is one JSON object. Out of CUDA memory, it prints one stderr line starting
+`error: out of memory` (as the trainer does; gpu_check.py records the part as oom) and exits 1.
 """
 
 import argparse
@@ -76,6 +77,41 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     device = train_gpt2.resolve_device(args.device)
+    try:
+        result = measure(args, device)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        print(oom_message(device, args.micro_batch, args.seq_len), file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def is_out_of_memory(exc):
+    """A CUDA OOM, also when torch.compile wraps it in an error of its own (the cause chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def oom_message(device, micro_batch, seq_len):
+    """One line instead of a traceback: what did not fit, on which card, what to try instead."""
+    card = train_gpt2.device_name(device)
+    if device.type == "cuda":
+        card += f", {torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB"
+    smaller = [d for d in range(micro_batch - 1, 0, -1) if micro_batch % d == 0][:3]
+    advice = f"try --micro_batch {' or '.join(map(str, smaller))}" if smaller else "the model alone does not fit"
+    return (f"error: out of memory at micro-batch {micro_batch} x {seq_len} tokens on {card}; this step has no "
+            f"gradient accumulation, {advice}")
+
+
+def measure(args, device):
+    """The benchmark itself (unchanged from the plain loop); -> the result dict."""
     on_cuda = device.type == "cuda"
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_cuda else "fp32")
     use_compile = bool(args.compile if args.compile is not None else on_cuda)
@@ -127,8 +163,8 @@ def main(argv=None):
         gpu=card, world_size=1, dtype=dtype, compile=use_compile, arch="gpt2", n_params=raw_model.num_params(),
         micro_batch=B, seq_len=T, total_batch=B * T, grad_accum=1, steps=args.steps, torch=torch.__version__,
         loss_last=round(loss_value, 4))
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
