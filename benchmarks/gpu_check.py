@@ -1,8 +1,8 @@
 """
-One command for a short GPU window: trainer speed vs a plain reference step, HellaSwag eval speed,
-and a real-data training run that is stopped with SIGTERM and resumed. Every part is a subprocess
+One command for a short GPU window: trainer speed vs a plain reference step, a real-data training
+run that is stopped with SIGTERM and resumed, and HellaSwag eval speed. Every part is a subprocess
 with its own timeout; a failing part is recorded and the run goes on; a part that does not fit the
-time left is skipped, and the summary says so. Results land in one folder.
+time left is skipped, and the summary says so.
 
 How a GPU session runs it (device tool, one call):
 
@@ -10,39 +10,53 @@ How a GPU session runs it (device tool, one call):
     python benchmarks/gpu_check.py prepare --out .carry/gpu_check
     # the device call: carry [".carry"], timeout_s 600, command
     python benchmarks/gpu_check.py run --data .carry/gpu_check --out $OUT/gpu_check
-    # afterwards, here: commit the returned folder as benchmarks/results/<yyyymmdd>-<card>/
-    #   e.g. benchmarks/results/20260301-h100/  (summary.md, results.jsonl, env.json, *.log, train-resume/)
+    # afterwards, here: the folder to commit, benchmarks/results/<yyyymmdd>-<card>/
+    python benchmarks/gpu_check.py unpack FILES_AT/gpu_check [--dest benchmarks/results/20260301-h100]
+
+What comes back: the device machine returns at most 8 files, at most one folder below --out, names
+of [A-Za-z0-9._-] only, each under 16 MiB, and which 8 of more is not defined. So --out only ever
+holds four files, none in a folder:
+  summary.md     the tables, the statuses, and the part running now (if the call is killed)
+  results.jsonl  one object per part: status, seconds, the part's JSON result, the error
+  env.json       torch, CUDA, card, nvidia-smi, git commit, python, the start time
+  logs.tar.gz    every finished part's <part>.log (stdout+stderr, each cut to 512 KiB) and the
+                 train run's train-resume/{log.txt,log_stopped.txt,config.json,samples.txt}
+All four are rewritten after every part, each atomically (NAME.tmp, then a rename), so a call
+killed at its limit still returns every part finished before. Part logs are written to a temp
+folder while they run, checkpoints to another; neither is under --out. `unpack` copies the three
+files and extracts the archive into the folder that is committed.
 
 The default --budget_s 540 (9 minutes) covers everything, the environment probe included; leave
-~60 s between it and the device call's own limit. `run --dry_run` prints the plan with estimated
-seconds; `--parts matrix,hellaswag,train` (groups or part names) runs a subset; `--smoke` runs
-the same code paths with a tiny model on the CPU in well under a minute (`prepare --smoke` makes a
-smaller data folder for it). No network is needed: the subprocesses get TIKTOKEN_CACHE_DIR and
-HELLASWAG_DIR pointing into --data, and HF_HUB_OFFLINE=1.
+~60 s between it and the device call's own limit. `run --dry_run` prints the plan: order,
+estimated seconds, which parts fit. `--parts matrix,hellaswag,train` (groups or part names) runs a
+subset; `--smoke` runs the same code paths with a tiny model on the CPU in well under a minute
+(`prepare --smoke` makes a smaller data folder for it). No network is needed: the subprocesses get
+TIKTOKEN_CACHE_DIR and HELLASWAG_DIR pointing into --data, and HF_HUB_OFFLINE=1.
 
-Parts, in priority order: gpt2 b16 + reference b16, gpt2 b64 + reference b64, hellaswag,
-train-resume, then gpt2 b32, modern b16, modern b64. Estimated on an H100/H200 (a fresh process
-per part, so compile dominates): ~50 s per matrix config, ~160 s hellaswag, ~150 s train-resume,
-~510 s for the first six; the estimates are rescaled by the measured speed of the parts done so
-far, so the last three run when the card compiles faster than assumed, and are skipped otherwise.
+Parts, in priority order: gpt2 b16 + reference b16, train-resume, hellaswag, then gpt2 b64 +
+reference b64, gpt2 b32, modern b16, modern b64. The estimates (GPU_ESTIMATES) assume a fresh
+process compiles GPT-2 124M in ~70 s on an H100/H200; they are rescaled by how fast the finished
+parts ran, so the later parts run when the card compiles faster than assumed and are skipped
+otherwise.
   matrix     `train_gpt2.py --benchmark` side by side with benchmarks/bench_reference_step.py
              (build-nanogpt's loop around our model): tokens/s, MFU, step ms, peak GiB, compile s,
              and the ratio of each config to the reference at the same micro-batch.
-  hellaswag  benchmarks/bench_hellaswag.py on the full val set (reference loop vs batched).
   train      torchrun (1 process) on the carried shards: GPT-2 124M, 2 accumulation micro-steps,
              val / HellaSwag / samples / checkpoints; SIGTERM a few steps past the first checkpoint,
              then the same command + --resume to the end; the log is then checked (one train record
              per step, val/hella at the expected steps, finite values, a continuous loss curve
-             across the resume, the final checkpoint). Checkpoints go to a temp dir, not to --out.
-Outputs in --out: results.jsonl (one object per part: status ok/failed/skipped, seconds, the
-part's JSON result, the error tail), <part>.log (its stdout+stderr), env.json (torch, CUDA, card,
-nvidia-smi, git commit, python), summary.md (rewritten after every part, printed at the end).
-Exit code 0 when at least one part ran and none failed.
+             across the resume, the log before the resume kept, the final checkpoint).
+  hellaswag  benchmarks/bench_hellaswag.py on the full val set (reference loop vs batched).
+Statuses: ok, failed, oom (CUDA out of memory: the trainer's `error: out of memory` line or an
+uncaught OutOfMemoryError in the part's output; the plan goes on), skipped (see STATUS_MEANING).
+Exit code 0 when at least one part ran ok and none failed (an oom is a finding about the card, not
+a failure of the code).
 """
 
 import argparse
 import glob
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -55,6 +69,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -198,8 +213,27 @@ class Profile:
     hellaswag: list  # flags for bench_hellaswag.py
     train: dict  # trainer flags of the real-data run
     stop_after: int  # SIGTERM once a train record is this many steps past the first checkpoint
-    estimates: dict  # seconds per part kind, before anything has been measured
+    estimates: dict  # seconds per part kind, and "env" for the probe, before anything is measured
 
+
+# Seconds per part on an H100/H200, before anything is measured. Every part is a fresh process, so
+# torch.compile dominates. ASSUMPTION: compiling GPT-2 124M (forward + backward) takes ~70 s in a
+# fresh process (40-90 s is what an H100 shows; the earlier 40 s figure left the train run no time
+# at all when the card was slower). The run rescales these by what the finished parts measured.
+STARTUP_S = 15  # python + torch import, CUDA context, model init
+COMPILE_S = 70
+GPU_ESTIMATES = {
+    "env": 15,  # the torch/CUDA probe and nvidia-smi, before the first part
+    "ours": STARTUP_S + COMPILE_S + 5,  # + 24 steps, < 5 s even at micro-batch 64
+    "reference": STARTUP_S + COMPILE_S + 5,  # the same model, the same compile
+    # two processes: the first compiles the train and the eval graphs; the resumed one mostly hits
+    # the inductor's on-disk cache; 80 steps of 32k tokens, 3 HellaSwag evals of 500 examples and
+    # five 1.5 GB checkpoints add ~30 s
+    "train": 2 * STARTUP_S + COMPILE_S + 40 + 35 + 30,
+    # build-nanogpt's one-example loop over 10,042 examples (101 s on an H100), then the batched
+    # evaluator: its compile and its pass
+    "hellaswag": STARTUP_S + 100 + COMPILE_S + 15,
+}
 
 GPU = Profile(
     device="cuda", dtype="bf16", compile=1, model=[], seq_len=1024,
@@ -210,10 +244,7 @@ GPU = Profile(
                val_every=20, val_tokens=65536, hellaswag_every=40, hellaswag_limit=500, sample_every=40,
                num_samples=2, sample_tokens=32),
     stop_after=2,
-    # a fresh process: ~10 s start + CUDA init, ~30-40 s compile (fwd+bwd of 124M), < 5 s of steps;
-    # hellaswag: ~100 s reference loop + compiles of the batched shapes; train: two processes, the
-    # second one (and the train graph of the first) hit the inductor on-disk cache
-    estimates={"ours": 50, "reference": 50, "hellaswag": 160, "train": 150},
+    estimates=GPU_ESTIMATES,
 )
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64"]
@@ -221,11 +252,13 @@ SMOKE = Profile(
     device="cpu", dtype="fp32", compile=0, model=TINY + ["--block_size", "64"], seq_len=64,
     bench_steps=3, batches=(2, 4, 8),
     hellaswag=["--device", "cpu", "--compile", "0", "--limit", "16", *TINY],  # block 1024: long rows fit
-    train=dict(micro_batch=2, total_batch=256, max_steps=20, warmup_steps=2, checkpoint_every=5,
-               val_every=5, val_tokens=1024, hellaswag_every=10, hellaswag_limit=8, sample_every=10,
+    # 12 steps is the least the checks need (5 losses before the resume, 3 after, 10 in all);
+    # the stop lands past the checkpoint at step 4, the resume around step 8
+    train=dict(micro_batch=2, total_batch=256, max_steps=12, warmup_steps=2, checkpoint_every=4,
+               val_every=4, val_tokens=1024, hellaswag_every=6, hellaswag_limit=8, sample_every=6,
                num_samples=1, sample_tokens=8),
     stop_after=2,
-    estimates={"ours": 3, "reference": 3, "hellaswag": 6, "train": 12},
+    estimates={"env": 2, "ours": 4, "reference": 4, "hellaswag": 8, "train": 25},  # a loaded 2-core VM
 )
 
 GROUPS = ("matrix", "hellaswag", "train")
@@ -261,13 +294,15 @@ def build_plan(p):
                  "--arch", "gpt2", "--seq_len", str(p.seq_len), "--device", p.device, "--dtype", p.dtype,
                  "--compile", str(p.compile), *p.model, *[x for k, v in t.items() for x in (f"--{k}", str(v))]]
     small, mid, large = p.batches
+    # priority order: what a short window must not miss comes first, since the budget skips from
+    # the end: the headline speed pair, then a preempted run continuing exactly, then HellaSwag
     return [
-        ours("gpt2", small), reference(small), ours("gpt2", large), reference(large),
-        Part("hellaswag", "hellaswag", "hellaswag", [py, "benchmarks/bench_hellaswag.py", *p.hellaswag],
-             needs_data=True),
+        ours("gpt2", small), reference(small),
         Part("train-resume", "train", "train", train_cmd, needs_data=True,
              info=dict(t, stop_after=p.stop_after)),
-        ours("gpt2", mid), ours("modern", small), ours("modern", large),
+        Part("hellaswag", "hellaswag", "hellaswag", [py, "benchmarks/bench_hellaswag.py", *p.hellaswag],
+             needs_data=True),
+        ours("gpt2", large), reference(large), ours("gpt2", mid), ours("modern", small), ours("modern", large),
     ]
 
 
@@ -283,7 +318,140 @@ def select_parts(plan, parts_arg):
 
 
 # -----------------------------------------------------------------------------
-# 3. running parts: subprocesses with timeouts, logs, the time budget
+# 3. the output folder: four files, every one rewritten whole after each part
+
+# The device machine returns at most 8 files, at most 2 folders below its $OUT, names of these
+# characters only, each under 16 MiB; which 8 of more is not defined. Four files, no folder, keeps
+# every plan well inside that, whatever parts it runs.
+OUTPUT_FILES = ("summary.md", "results.jsonl", "env.json", "logs.tar.gz")
+ARCHIVE = "logs.tar.gz"
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+LOG_CAP_BYTES = 512 * 2**10  # per log in the archive: 13 of them cannot near 16 MiB, compressed or not
+
+
+def temp_name(name):
+    return f"{name}.tmp"  # a safe name itself, and a fixed one: the next run clears it if a kill left it
+
+
+def write_atomic(path, data):
+    """Write through NAME.tmp beside `path` and rename it: a reader, or a kill at any moment, finds
+    the old file or the new one, never half of one. The temp never outlives a failed write."""
+    path = Path(path)
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_capped(path, cap=LOG_CAP_BYTES):
+    """A log's bytes with its middle cut out past `cap`: the start (command, config) and the end
+    (the error, the result line) are what a reader needs; a runaway log must not fill the archive."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        if size <= cap:
+            return f.read()
+        head = f.read(cap // 4)
+        f.seek(size - (cap - cap // 4))
+        tail = f.read()
+    return head + f"\n[gpu_check: {size - len(head) - len(tail):,} bytes cut here]\n".encode() + tail
+
+
+def clear_out(out):
+    """Make --out hold nothing but what this run writes: anything else there would count against
+    the 8 files that come back. Our own files from an earlier run are removed; others refused."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ours = set(OUTPUT_FILES) | {temp_name(n) for n in OUTPUT_FILES}
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours or not p.is_file())
+    if others:
+        raise CheckError(f"{out} holds {', '.join(others[:5])}, not gpu_check's output; use an empty --out")
+    for name in ours:
+        (out / name).unlink(missing_ok=True)
+
+
+class Outputs:
+    """--out and the staging folder beside it: part logs and the train run's small files are
+    written to the stage while they run (outside --out, so --out only ever holds whole files), and
+    packed into logs.tar.gz after every part."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix="gpu_check_logs_"))
+
+    def log_path(self, part):
+        return self.stage / f"{part.name}.log"
+
+    def keep_dir(self, part):
+        path = self.stage / part.name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def write(self, name, text):
+        write_atomic(self.out / name, text)
+
+    def pack(self):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path in sorted(p for p in self.stage.rglob("*") if p.is_file()):
+                data = read_capped(path)
+                info = tarfile.TarInfo(path.relative_to(self.stage).as_posix())
+                info.size, info.mtime = len(data), int(path.stat().st_mtime)
+                tar.addfile(info, io.BytesIO(data))
+        write_atomic(self.out / ARCHIVE, buf.getvalue())
+
+    def close(self):
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def safe_member(name):
+    """An archive member unpack may write: a relative path, at most one folder deep, safe names."""
+    parts = name.split("/")
+    return len(parts) <= 2 and all(SAFE_NAME.fullmatch(p) and p not in (".", "..") for p in parts)
+
+
+def default_dest(env):
+    """benchmarks/results/<yyyymmdd>-<card>/ from env.json: the run's start date and its card."""
+    date = (env.get("started") or "")[:10].replace("-", "") or time.strftime("%Y%m%d")
+    card = re.sub(r"[^a-z0-9]+", "-", str(env.get("card") or "unknown").lower()).strip("-")
+    return REPO / "benchmarks" / "results" / f"{date}-{card}"
+
+
+def unpack(args):
+    """The returned folder -> the folder to commit: the three text files copied, the archive's
+    logs extracted beside them (the archive itself is not kept: git diffs text)."""
+    src = Path(args.src)
+    if not (src / "summary.md").is_file():
+        raise CheckError(f"{src} has no summary.md; pass the folder `run --out` wrote")
+    env = json.loads((src / "env.json").read_text()) if (src / "env.json").is_file() else {}
+    if not args.dest and not env.get("card"):
+        raise CheckError(f"{src}/env.json names no card; pass --dest benchmarks/results/<yyyymmdd>-<card>")
+    dest = Path(args.dest) if args.dest else default_dest(env)
+    if dest.exists() and any(dest.iterdir()):
+        raise CheckError(f"{dest} is not empty; pick another --dest")
+    members = []
+    if (src / ARCHIVE).is_file():
+        with tarfile.open(src / ARCHIVE) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+            odd = [m.name for m in tar.getmembers() if not (m.isfile() or m.isdir()) or not safe_member(m.name)]
+        if odd:
+            raise CheckError(f"{src / ARCHIVE} holds unexpected entries: {', '.join(odd[:5])}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:
+        if name != ARCHIVE and (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+    for name, data in members:
+        (dest / name).parent.mkdir(exist_ok=True)
+        (dest / name).write_bytes(data)
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    print(f"unpacked {src} into {dest}: {len(files)} files ({', '.join(files)})\ncommit it: git add {dest}")
+
+
+# -----------------------------------------------------------------------------
+# 4. running parts: subprocesses with timeouts, logs, the time budget
 
 
 class Interrupted(Exception):
@@ -297,7 +465,6 @@ def child_env(data_dir):
     env.update(TIKTOKEN_CACHE_DIR=str(data_dir / "tiktoken_cache"), HELLASWAG_DIR=str(data_dir / "hellaswag"),
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
-
 
 def start(cmd, log, env):
     log.write(f"$ {shlex.join(cmd)}\n")
@@ -359,17 +526,54 @@ def last_json(text):
     return None
 
 
+# the trainer's and the reference step's one line (torchrun may prefix a worker's lines with its rank)
+OOM_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?(error: out of memory.*)$", re.M)
+# an uncaught OutOfMemoryError (bench_hellaswag.py and older code), or one wrapped by torch.compile
+OOM_TRACE = re.compile(r"^.*(?:OutOfMemoryError|CUDA out of memory).*$", re.M)
+
+
+def oom_line(text):
+    """The line of a part's output that says it ran out of CUDA memory, or None."""
+    found = OOM_LINE.findall(text) or OOM_TRACE.findall(text)
+    return found[-1].strip()[:300] if found else None
+
+
+def failure(why, text):
+    """-> (status, error) of a part that did not succeed: oom when its output says it ran out of
+    memory (whatever the exit code: the OOM is the cause), else failed with the output's tail."""
+    oom = oom_line(text)
+    if oom:
+        return "oom", f"{oom}\n({why})"
+    return "failed", f"{why}\n{tail_text(text)}"
+
+
+def command_outcome(rc, timed_out, timeout, text, result):
+    """-> (status, error) of a part that prints one JSON result line and exits 0."""
+    if rc == 0 and not timed_out and result is not None:
+        return "ok", None
+    if timed_out:
+        why = f"timed out after {timeout:.0f} s"
+    else:
+        why = f"exit code {rc}" if rc != 0 else "exit code 0 but no JSON result line"
+    return failure(why, text)
+
+
 class Estimator:
     """Static estimates, scaled by how fast this machine turned out to be on the parts so far
-    (most parts are dominated by the same thing, torch.compile), within 0.5x..1.5x."""
+    (most parts are dominated by the same thing, torch.compile), within 0.5x..1.5x.
+    Only ok parts are observed: a failed or oom part stopped at a point nobody knows (an OOM at the
+    first step skips the steps, a crash may skip the compile), so its seconds would make the card
+    look faster than it is, and an estimate too low is the costly error: a part cut at the budget."""
 
     def __init__(self, estimates):
         self.estimates = estimates
         self.actual = self.expected = 0.0
 
+    def factor(self):
+        return min(1.5, max(0.5, self.actual / self.expected)) if self.expected else 1.0
+
     def __call__(self, part):
-        factor = self.actual / self.expected if self.expected else 1.0
-        return self.estimates[part.kind] * min(1.5, max(0.5, factor))
+        return self.estimates[part.kind] * self.factor()
 
     def observe(self, part, seconds):
         self.actual += seconds
@@ -381,18 +585,40 @@ RESERVE_S = 10  # kept back from the budget for the summary
 
 class Runner:
     def __init__(self, profile, data_dir, out, budget_s):
-        self.profile, self.data_dir, self.out, self.budget_s = profile, Path(data_dir), Path(out), budget_s
+        self.profile, self.data_dir, self.budget_s = profile, Path(data_dir), budget_s
         self.t0 = time.monotonic()
         self.env = child_env(data_dir)
         self.estimate = Estimator(profile.estimates)
+        self.outputs = Outputs(out)
         self.records = []
         self.env_info = {}
+        self.running = None  # (part name, started at s, timeout s): the summary names it while it runs
+        self.saving = self.stopping = False
+        self.pending_signal = None
+        self.summary_text = ""  # as last written to summary.md
+
+    def elapsed(self):
+        return time.monotonic() - self.t0
 
     def left(self):
-        return self.budget_s - RESERVE_S - (time.monotonic() - self.t0)
+        return self.budget_s - RESERVE_S - self.elapsed()
 
     def grace(self, part):
         return 40 if part.group == "train" else 10
+
+    def close(self):
+        self.outputs.close()
+
+    def on_signal(self, signum, frame):
+        """SIGTERM/SIGINT: stop the current part and wind down. Never in the middle of save() (the
+        records and the files would disagree), and a second signal does not cut the wind-down."""
+        if self.stopping:
+            return
+        if self.saving:
+            self.pending_signal = signum
+            return
+        self.stopping = True
+        raise Interrupted(f"signal {signum}")
 
     def run_all(self, plan, blocked=None):
         """blocked: {part name: reason} for parts that cannot run at all (no data, no GPU)."""
@@ -409,56 +635,81 @@ class Runner:
                     # generous per part (a slow card still finishes), but a hang cannot eat the whole
                     # budget; a kill's grace comes out of the slack between --budget_s and the call's limit
                     timeout = min(max(2.5 * est, est + 120), self.left())
+                    self.running = (part.name, round(self.elapsed()), round(timeout))
+                    self.save()  # a call killed during this part returns a summary that names it
                     run = self.run_train if part.group == "train" else self.run_command
                     rec = run(part, timeout)
                     if rec["status"] == "ok":
                         self.estimate.observe(part, rec["seconds"])
                     self.record(part, estimate_s=round(est), timeout_s=round(timeout), **rec)
             except Interrupted as e:
-                self.record(part, "failed", error=f"gpu_check.py was interrupted ({e}) during this part")
-                for later in plan[i + 1:]:
-                    self.record(later, "skipped", reason=f"gpu_check.py was interrupted ({e})")
+                self.record_interrupted(plan[i:], e)
                 raise
             except Exception as e:  # a bug here must not cost the parts after it
                 self.record(part, "failed", error=f"gpu_check.py: {type(e).__name__}: {e}")
+
+    def record_interrupted(self, rest, e):
+        done = {r["part"] for r in self.records}  # the signal may have come while a record was saved
+        for part in rest:
+            if part.name in done:
+                continue
+            if self.running and self.running[0] == part.name:
+                self.record(part, "failed", error=f"gpu_check.py was interrupted ({e}) during this part")
+            else:
+                self.record(part, "skipped", reason=f"gpu_check.py was interrupted ({e})")
 
     def record(self, part, status=None, **fields):
         rec = {"part": part.name, "group": part.group, "status": status or fields.pop("status"),
                "config": part.info, "command": shlex.join(part.cmd), **fields}
         self.records.append(rec)
-        with open(self.out / "results.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        write_text(self.out / "summary.md", summary_markdown(self.records, self.env_info, self.budget_s,
-                                                              time.monotonic() - self.t0))
+        self.running = None
+        self.save()
         print(f"[gpu_check] {part.name}: {rec['status']}" + (f" ({rec['seconds']:.0f} s)" if "seconds" in rec else "")
-              + (f" - {rec['reason']}" if rec.get("reason") else ""), flush=True)
+              + (f" - {rec['reason']}" if rec.get("reason") else "")
+              + (f" - {note(rec)}" if rec["status"] == "oom" else ""), flush=True)
+
+    def save(self):
+        """Rewrite all four files of --out: the archive first and the summary last, so the summary
+        never names a part whose log is not in the archive yet."""
+        self.saving = True
+        try:
+            self.outputs.pack()
+            self.outputs.write("results.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+            self.outputs.write("env.json", json.dumps(self.env_info, indent=1) + "\n")
+            self.summary_text = self.summary()
+            self.outputs.write("summary.md", self.summary_text)
+        finally:
+            self.saving = False
+        if self.pending_signal is not None and not self.stopping:
+            signum, self.pending_signal, self.stopping = self.pending_signal, None, True
+            raise Interrupted(f"signal {signum}")
+
+    def summary(self):
+        try:
+            return summary_markdown(self.records, self.env_info, self.budget_s, self.elapsed(), self.running)
+        except Exception as e:  # a bug in the tables must not stop the run or lose the statuses
+            return "\n".join([f"# gpu_check: the summary failed ({type(e).__name__}: {e}); see results.jsonl", ""]
+                             + [f"- {r['part']}: {r['status']} {note(r)}" for r in self.records]) + "\n"
 
     def run_command(self, part, timeout):
-        log_path = self.out / f"{part.name}.log"
+        log_path = self.outputs.log_path(part)
         log_path.write_text("")
         t = time.monotonic()
         rc, timed_out = run_logged(part.cmd, log_path, timeout, self.env, self.grace(part))
         seconds = time.monotonic() - t
         text = log_path.read_text(errors="replace")
         result = last_json(text)
-        ok = rc == 0 and not timed_out and result is not None
-        error = None
-        if not ok:
-            why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {rc}"
-            if rc == 0 and not timed_out and result is None:
-                why = "exit code 0 but no JSON result line"
-            error = f"{why}\n{tail_text(text)}"
-        return dict(status="ok" if ok else "failed", seconds=round(seconds, 1), rc=rc, timed_out=timed_out,
+        status, error = command_outcome(rc, timed_out, timeout, text, result)
+        return dict(status=status, seconds=round(seconds, 1), rc=rc, timed_out=timed_out,
                     result=result, error=error, log=log_path.name)
 
     # --- the real-data run: start, SIGTERM past a checkpoint, resume, check
     def run_train(self, part, timeout):
         spec = part.info
         deadline = time.monotonic() + timeout
-        log_path = self.out / f"{part.name}.log"
+        log_path = self.outputs.log_path(part)
         log_path.write_text("")
-        keep = self.out / part.name  # the small files of the run come back with the results
-        keep.mkdir(exist_ok=True)
+        keep = self.outputs.keep_dir(part)  # the run's small files, packed into logs.tar.gz
         work = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))  # checkpoints: GBs, never under --out
         log_dir = work / "log"
         cmd = part.cmd + ["--data_dir", str(self.data_dir.resolve() / "shards"), "--log_dir", str(log_dir)]
@@ -469,7 +720,7 @@ class Runner:
             result.update(stop_rc=stop_rc, phase1_s=round(time.monotonic() - t, 1))
             copy_if_exists(log_dir / "log.txt", keep / "log_stopped.txt")
             if why:
-                return self.train_failed(why, t, result, log_path, log_dir, keep)
+                return self.train_failed(why, t, result, log_path)
             ckpts = list_checkpoints(log_dir)
             result["resume_step"] = ckpts[-1] if ckpts else None
             t2 = time.monotonic()
@@ -478,13 +729,13 @@ class Runner:
             result.update(resume_rc=resume_rc, phase2_s=round(time.monotonic() - t2, 1))
             if timed_out or resume_rc != 0:
                 why = "the resumed run " + ("timed out" if timed_out else f"failed with exit code {resume_rc}")
-                return self.train_failed(why, t, result, log_path, log_dir, keep)
+                return self.train_failed(why, t, result, log_path)
             result.update(analyse_train_run(log_dir, keep / "log_stopped.txt", spec, stop_rc, result["resume_step"]))
             bad = [name for name, c in result["checks"].items() if not c["ok"]]
-            save_run_files(log_dir, keep)
             return dict(status="failed" if bad else "ok", seconds=round(time.monotonic() - t, 1), result=result,
                         error=f"checks failed: {', '.join(bad)}" if bad else None, log=log_path.name)
         finally:
+            save_run_files(log_dir, keep)  # whatever happened, an interrupt included
             shutil.rmtree(work, ignore_errors=True)
 
     def run_until_stopped(self, cmd, log_path, log_dir, spec, deadline, part):
@@ -509,18 +760,10 @@ class Runner:
             finally:
                 stop(proc, self.grace(part))
 
-    def train_failed(self, why, t, result, log_path, log_dir, keep):
-        save_run_files(log_dir, keep)
-        text = log_path.read_text(errors="replace")
-        return dict(status="failed", seconds=round(time.monotonic() - t, 1), result=result,
-                    error=f"{why}\n{tail_text(text)}", log=log_path.name)
-
-
-def write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a reader (or a kill) never sees half a summary
+    def train_failed(self, why, t, result, log_path):
+        status, error = failure(why, log_path.read_text(errors="replace"))
+        return dict(status=status, seconds=round(time.monotonic() - t, 1), result=result, error=error,
+                    log=log_path.name)
 
 
 def copy_if_exists(src, dst):
@@ -795,7 +1038,17 @@ def train_rows(records, env):
     return table(header, rows) + ([""] + details if details else [])
 
 
-def summary_markdown(records, env, budget_s, elapsed):
+STATUS_MEANING = {
+    "ok": "ran to the end; its figures are in the tables and results.jsonl",
+    "failed": "an exit code, a timeout, no result line or a failed train check: see the note, and the "
+              "part's log in logs.tar.gz",
+    "oom": "CUDA out of memory (the card is too small for this micro-batch); the plan went on",
+    "skipped": "did not run: it did not fit the time left, needs data or CUDA that is missing, or "
+               "gpu_check.py was interrupted",
+}
+
+
+def summary_markdown(records, env, budget_s, elapsed, running=None):
     counts = Counter(r["status"] for r in records)
     commit = ((env.get("git") or {}).get("commit") or "")[:12]
     if not commit:  # no git on the device: the commit the carried data was prepared at
@@ -804,18 +1057,25 @@ def summary_markdown(records, env, budget_s, elapsed):
     head = [f"# gpu_check: {env.get('card', '?')}, torch {env.get('torch', '?')}, CUDA {env.get('cuda') or '-'}",
             "", f"{time.strftime('%Y-%m-%d %H:%M %Z')}; commit {commit}; "
             f"budget {budget_s:.0f} s, used {elapsed:.0f} s; "
-            + ", ".join(f"{counts[s]} {s}" for s in ("ok", "failed", "skipped") if counts[s]), ""]
+            + ", ".join(f"{counts[s]} {s}" for s in STATUS_MEANING), ""]
+    if running:
+        name, since, timeout = running
+        head += [f"**Running now: {name}** (started at {since} s, timeout {timeout} s). A summary that still "
+                 "says so is from a call that ended during this part; its log is not in logs.tar.gz.", ""]
     sections = [("matrix", "Trainer speed: `train_gpt2.py --benchmark` vs the plain reference step", matrix_rows),
-                ("hellaswag", "HellaSwag: one-example reference loop vs batched evaluator", hellaswag_rows),
-                ("train", "Real-data run stopped with SIGTERM and resumed (torchrun, 1 process)", train_rows)]
+                ("train", "Real-data run stopped with SIGTERM and resumed (torchrun, 1 process)", train_rows),
+                ("hellaswag", "HellaSwag: one-example reference loop vs batched evaluator", hellaswag_rows)]
     body = []
     for group, title, rows in sections:
         if any(r["group"] == group for r in records):  # a --parts subset leaves the others out
             body += [f"## {title}", ""] + rows(records, env) + [""]
-    not_run = [f"- {r['part']} ({r['status']}): {(r.get('reason') or r.get('error') or '').splitlines()[0]}"
-               for r in records if r["status"] != "ok"]
-    if not_run:
-        body += ["## Skipped and failed", ""] + not_run + [""]
+    not_ok = [f"- {r['part']} ({r['status']}): {note(r)}" for r in records if r["status"] != "ok"]
+    if not_ok:
+        body += ["## Not ok", ""] + not_ok + [""]
+    body += ["## Statuses and files", ""] + [f"- **{s}**: {meaning}" for s, meaning in STATUS_MEANING.items()]
+    body += ["- files: summary.md, results.jsonl (one object per part), env.json, logs.tar.gz (each part's "
+             "`<part>.log` and `train-resume/`); `python benchmarks/gpu_check.py unpack DIR` writes the folder "
+             "to commit", ""]
     return "\n".join(head + body)
 
 
@@ -831,20 +1091,14 @@ def run(args):
         return dry_run(plan, profile, args, data_problem)
     if not args.out:
         raise CheckError("run: --out is required (except with --dry_run)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.jsonl").write_text("")  # this run's results only
-    runner = Runner(profile, args.data, out, args.budget_s)
-
-    def interrupted(signum, frame):
-        raise Interrupted(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    clear_out(args.out)
+    runner = Runner(profile, args.data, args.out, args.budget_s)
+    runner.env_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    signal.signal(signal.SIGTERM, runner.on_signal)
+    signal.signal(signal.SIGINT, runner.on_signal)
     try:
-        runner.env_info = collect_env(runner.env, args.data)
-        runner.env_info["data_problem"] = data_problem
-        write_text(out / "env.json", json.dumps(runner.env_info, indent=1) + "\n")
+        runner.save()  # the four files exist from the start: a call killed in the probe still says so
+        runner.env_info.update(collect_env(runner.env, args.data), data_problem=data_problem)
         print(f"[gpu_check] {runner.env_info['card']}, torch {runner.env_info.get('torch')}, "
               f"{len(plan)} parts, budget {args.budget_s:.0f} s", flush=True)
         blocked = {}
@@ -855,24 +1109,44 @@ def run(args):
         runner.run_all(plan, blocked)
     except Interrupted:
         pass
-    summary = summary_markdown(runner.records, runner.env_info, args.budget_s, time.monotonic() - runner.t0)
-    write_text(out / "summary.md", summary)
-    print(summary)
-    statuses = {r["status"] for r in runner.records}
-    return 0 if "ok" in statuses and "failed" not in statuses else 1  # skips alone are fine, nothing run is not
+    runner.stopping = True  # from here on a signal waits: the last save is a second away
+    runner.save()
+    runner.close()
+    print(runner.summary_text)
+    return exit_code(runner.records)
+
+
+def exit_code(records):
+    """0 when a part ran ok and none failed: a skip or an OOM is a finding about the window or the
+    card, not a fault of the code; a run where nothing ran ok is not a result."""
+    statuses = {r["status"] for r in records}
+    return 0 if "ok" in statuses and "failed" not in statuses else 1
 
 
 def dry_run(plan, profile, args, data_problem):
-    est, total = Estimator(profile.estimates), 0.0
-    print(f"plan ({'smoke, CPU' if args.smoke else 'GPU'}), budget {args.budget_s:.0f} s "
-          f"(minus {RESERVE_S} s for the summary); data: {data_problem or 'ok'}")
+    """The plan as the run would start it: order, estimate, when each part would start, whether
+    it fits. The run rescales the estimates by the parts it has finished, so later lines move."""
+    est, at = Estimator(profile.estimates), float(profile.estimates["env"])
+    limit = args.budget_s - RESERVE_S
+    print(f"plan ({'smoke, CPU' if args.smoke else 'GPU'}): budget {args.budget_s:.0f} s, {limit:.0f} s for the "
+          f"parts after {RESERVE_S} s kept for the summary; data: {data_problem or 'ok'}")
+    if not args.smoke:
+        print(f"estimates assume a fresh process starts in ~{STARTUP_S} s and compiles GPT-2 124M in ~{COMPILE_S} s "
+              f"(an H100 takes 40-90 s); during the run they are rescaled 0.5x-1.5x by the finished ok parts")
+    print(f" 0. {'env probe':20s} ~{profile.estimates['env']:4.0f} s  starts at    0 s")
+    skipped = []
     for i, part in enumerate(plan, 1):
         e = est(part)
-        fits = total + e <= args.budget_s - RESERVE_S
-        total += e if fits else 0
-        print(f"{i:2d}. {part.name:20s} ~{e:4.0f} s  {'runs' if fits else 'SKIPPED (over budget)':22s} "
-              f"{shlex.join(part.cmd[1:])}")
-    print(f"estimated total: {total:.0f} s of the parts that fit")
+        fits = at + e <= limit
+        print(f"{i:2d}. {part.name:20s} ~{e:4.0f} s  " + (f"starts at {at:4.0f} s" if fits else "SKIPPED (over budget)")
+              + f"  {shlex.join(part.cmd[1:])}")
+        if fits:
+            at += e
+        else:
+            skipped.append(part.name)
+    print(f"estimated total: {at:.0f} s of {limit:.0f} s; "
+          + (f"skipped unless the first parts run faster than estimated: {', '.join(skipped)}" if skipped
+             else "every part fits"))
     return 0
 
 
@@ -883,17 +1157,23 @@ def main(argv=None):
     prep.add_argument("--out", required=True)
     prep.add_argument("--smoke", action="store_true", help="a smaller folder, for run --smoke")
     prep.add_argument("--shared", default=str(SHARED_DATA), help="the offline data (corpus/, tiktoken_cache/, hellaswag/)")
-    r = sub.add_parser("run", help="run the parts and write results.jsonl, env.json, summary.md into --out")
+    r = sub.add_parser("run", help="run the parts; write summary.md, results.jsonl, env.json, logs.tar.gz into --out")
     r.add_argument("--data", default=str(REPO / ".carry" / "gpu_check"))
-    r.add_argument("--out", default=None)
+    r.add_argument("--out", default=None, help="an empty or new folder (or one a previous run wrote)")
     r.add_argument("--budget_s", type=float, default=540, help="wall-clock seconds for everything")
     r.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code paths in < 1 min")
     r.add_argument("--parts", default=None, help="comma-separated groups (matrix, hellaswag, train) or part names")
-    r.add_argument("--dry_run", action="store_true", help="print the plan with estimated seconds and exit")
+    r.add_argument("--dry_run", action="store_true", help="print the plan (order, estimated seconds) and exit")
+    u = sub.add_parser("unpack", help="the folder a run returned -> the folder to commit, logs extracted")
+    u.add_argument("src", help="the returned folder (run's --out)")
+    u.add_argument("--dest", default=None, help="default: benchmarks/results/<yyyymmdd>-<card> from env.json")
     args = p.parse_args(argv)
     try:
         if args.command == "prepare":
             prepare(args)
+            return 0
+        if args.command == "unpack":
+            unpack(args)
             return 0
         return run(args)
     except CheckError as e:

@@ -4,15 +4,21 @@ Tests for benchmarks/gpu_check.py, the one-command GPU check. CPU only, offline.
     python -m pytest tests/test_gpu_check.py -q
 
 The end-to-end test runs `prepare --smoke` and `run --smoke` for real (a tiny model on the CPU,
-every part, the SIGTERM + --resume training run included) and checks the files a GPU session
-would bring back. It needs the offline data beside the repo (../shared/data, as CI has it).
-The other tests call the runner's pieces in-process: the skip / fail / timeout paths, and that
-the training-log checks catch the faults they are there for.
+every part, the SIGTERM + --resume training run included), checks that what it wrote would come
+back from the GPU machine (its limits, below), and unpacks it as a GPU session commits it. It needs
+the offline data beside the repo (../shared/data, as CI has it). Another run is stopped with
+SIGTERM part-way. The other tests call the runner's pieces in-process: the skip / fail / timeout /
+out-of-memory paths, and that the training-log checks catch the faults they are there for.
 """
 
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +31,47 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "corpus").is_dir(),
                                   reason=f"offline data not found at {SHARED} (CI clones the repo beside shared/)")
 
+# What the device machine hands back from `--out $OUT/gpu_check` (its documented limits, written
+# out here rather than taken from gpu_check, so a change there cannot loosen the test with it)
+DEVICE_MAX_FILES = 8
+DEVICE_MAX_FILE_BYTES = 16 * 2**20
+DEVICE_MAX_TOTAL_BYTES = 64 * 2**20
+DEVICE_MAX_PARTS = 2  # $OUT/gpu_check/a/x comes back, $OUT/gpu_check/a/b/x does not
+DEVICE_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def assert_returnable(out, well_under=DEVICE_MAX_FILE_BYTES):
+    """Everything under `out` comes back from the GPU machine: few enough files, shallow enough,
+    safe names, small enough, no temp file left; and the archive would unpack the same way."""
+    entries = sorted(out.rglob("*"))
+    files = [p for p in entries if p.is_file() and not p.is_symlink()]
+    assert not [p for p in entries if p.is_symlink() or not (p.is_file() or p.is_dir())], "links or special files"
+    assert 0 < len(files) <= DEVICE_MAX_FILES, [str(p.relative_to(out)) for p in files]
+    for p in entries:
+        rel = p.relative_to(out)
+        assert len(rel.parts) <= DEVICE_MAX_PARTS, f"{rel} is too deep"
+        assert all(DEVICE_SAFE_NAME.fullmatch(part) for part in rel.parts), f"{rel} has an unsafe name"
+        assert not p.name.endswith(".tmp"), f"{rel}: a temp file was left behind"
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in files}
+    assert all(size < min(well_under, DEVICE_MAX_FILE_BYTES) for size in sizes.values()), sizes
+    assert sum(sizes.values()) < DEVICE_MAX_TOTAL_BYTES
+    for archive in out.rglob("*.tar.gz"):
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                parts = m.name.split("/")
+                assert m.isfile() and len(parts) <= DEVICE_MAX_PARTS and all(
+                    DEVICE_SAFE_NAME.fullmatch(x) and x not in (".", "..") for x in parts), m.name
+    return sizes
+
+
+def archive_members(out):
+    with tarfile.open(out / gpu_check.ARCHIVE) as tar:
+        return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+
+
+def read_records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
 
 def gpu_check_cli(*args, timeout=600):
     return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *map(str, args)], cwd=REPO,
@@ -32,7 +79,7 @@ def gpu_check_cli(*args, timeout=600):
 
 
 @needs_shared
-def test_smoke_run_writes_every_result(tmp_path):
+def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     prep = gpu_check_cli("prepare", "--smoke", "--out", data, "--shared", SHARED, timeout=120)
     assert prep.returncode == 0, prep.stderr
@@ -41,21 +88,26 @@ def test_smoke_run_writes_every_result(tmp_path):
 
     proc = gpu_check_cli("run", "--smoke", "--data", data, "--out", out)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    for name in ("results.jsonl", "summary.md", "env.json"):
-        assert (out / name).is_file(), name
+    sizes = assert_returnable(out, well_under=2**20)
+    assert set(sizes) == {"summary.md", "results.jsonl", "env.json", "logs.tar.gz"}
 
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    records = read_records(out)
     plan = gpu_check.build_plan(gpu_check.SMOKE)
     assert [r["part"] for r in records] == [p.name for p in plan]
     not_ok = [(r["part"], r["status"], r.get("error") or r.get("reason")) for r in records if r["status"] != "ok"]
     assert not not_ok
+    logs = archive_members(out)
     for r in records:
-        assert (out / r["log"]).is_file() and r["result"], r["part"]
+        assert r["log"] in logs and r["result"], r["part"]
+    for name in ("log.txt", "log_stopped.txt", "config.json"):
+        assert f"train-resume/{name}" in logs, name
 
     summary = (out / "summary.md").read_text()
     assert proc.stdout.rstrip().endswith(summary.rstrip())  # printed at the end, too
     for r in records:
         assert f"| {r['part']} | ok |" in summary, r["part"]
+    assert "9 ok, 0 failed, 0 oom, 0 skipped" in summary and "- **oom**:" in summary
+    assert "Running now" not in summary
 
     matrix = [r for r in records if r["group"] == "matrix"]
     assert all(r["result"]["tokens_per_s"] > 0 and r["result"]["gpu"] == "cpu" for r in matrix)
@@ -65,13 +117,54 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert train["checks_passed"], train["checks"]
     assert 0 < train["resume_step"] < train["max_steps"]
     assert len(train["train_loss"]) == train["max_steps"]
-    for name in ("log.txt", "log_stopped.txt", "config.json"):
-        assert (out / "train-resume" / name).is_file(), name
     assert not list(out.rglob("*.pt")), "checkpoints must stay out of --out (GBs on a GPU)"
 
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["card"] == "cpu" and env["cuda_available"] is False
-    assert "train_gpt2.py" in env["sources_sha256"]
+    assert "train_gpt2.py" in env["sources_sha256"] and env["started"]
+    assert re.fullmatch(r"\d{8}-cpu", gpu_check.default_dest(env).name)
+
+    # what a GPU session commits: the three files and the logs, no archive
+    dest = tmp_path / "committed"
+    assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 0
+    committed = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    assert committed == {"summary.md", "results.jsonl", "env.json"} | set(logs)
+    assert (dest / "train-resume" / "log.txt").read_text() == logs["train-resume/log.txt"]
+    assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 1  # never over a filled folder
+
+
+def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
+    """SIGTERM part-way (a device call at its limit): the folder is complete at any moment, the
+    part then running is recorded failed, and its log is in the archive."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "benchmarks/gpu_check.py", "run", "--smoke", "--data", tmp_path / "no_data", "--out", out,
+           "--parts", "matrix-gpt2-b2,reference-b2"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "results.jsonl").is_file() or not read_records(out):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first part never finished"
+            time.sleep(0.05)
+        snapshot = tmp_path / "killed_now"  # what a SIGKILL right now would leave
+        shutil.copytree(out, snapshot)
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert_returnable(snapshot)
+    assert read_records(snapshot)[0]["status"] == "ok" and "matrix-gpt2-b2.log" in archive_members(snapshot)
+    assert "| matrix-gpt2-b2 | ok |" in (snapshot / "summary.md").read_text()
+
+    assert_returnable(out)
+    records = {r["part"]: r for r in read_records(out)}
+    assert list(records) == ["matrix-gpt2-b2", "reference-b2"]
+    assert records["reference-b2"]["status"] == "failed", stdout
+    assert "interrupted" in records["reference-b2"]["error"]
+    assert set(archive_members(out)) == {"matrix-gpt2-b2.log", "reference-b2.log"}
+    summary = (out / "summary.md").read_text()
+    assert "Running now" not in summary and "- reference-b2 (failed): gpu_check.py was interrupted" in summary
+    assert proc.returncode == 1
 
 
 def fake_part(name, code, kind="ours"):
@@ -80,7 +173,8 @@ def fake_part(name, code, kind="ours"):
 
 
 def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
-    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, tmp_path, budget_s=60)
+    out = tmp_path / "out"
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=60)
     runner.estimate = gpu_check.Estimator({"ours": 1, "reference": 1000})
     monkeypatch.setattr(gpu_check.Runner, "left", lambda self: 3.0)  # a nearly spent budget: 3 s per part
     plan = [
@@ -90,28 +184,132 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
         fake_part("no-json", "print('done, but no result line')"),
         fake_part("fine", "import json; print('log line'); print(json.dumps({'tokens_per_s': 5.0}))"),
     ]
-    runner.run_all(plan)
+    try:
+        runner.run_all(plan)
+    finally:
+        runner.close()
     rec = {r["part"]: r for r in runner.records}
     assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1 and "boom: bad flag" in rec["crash"]["error"]
     assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"] and "timed out" in rec["hang"]["error"]
     assert rec["too-big"]["status"] == "skipped" and "budget" in rec["too-big"]["reason"]
     assert rec["no-json"]["status"] == "failed" and "no JSON" in rec["no-json"]["error"]
     assert rec["fine"]["status"] == "ok" and rec["fine"]["result"] == {"tokens_per_s": 5.0}
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["part"] for line in lines] == [p.name for p in plan]
-    summary = (tmp_path / "summary.md").read_text()
-    assert "## Skipped and failed" in summary and "- too-big (skipped)" in summary
+    assert [r["part"] for r in read_records(out)] == [p.name for p in plan]
+    assert set(archive_members(out)) == {f"{p.name}.log" for p in plan if p.name != "too-big"}
+    summary = (out / "summary.md").read_text()
+    assert "## Not ok" in summary and "- too-big (skipped)" in summary
+    assert_returnable(out)
+    assert gpu_check.exit_code(runner.records) == 1
+
+
+TRAINER_OOM = ("error: out of memory at micro-batch 64 (card: NVIDIA A10G, 22 GiB); "
+               "--micro_batch values that divide --total_batch 524288: 32, 16, 8")
+TRACEBACK_OOM = ("Traceback (most recent call last):\n  File \"bench_hellaswag.py\", line 9, in <module>\n"
+                 "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.07 GiB. GPU 0 has a total "
+                 "capacity of 22.00 GiB of which 1.20 GiB is free.\n")
+
+
+def test_out_of_memory_is_its_own_status_and_the_plan_goes_on(tmp_path):
+    out = tmp_path / "out"
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=120)
+    runner.estimate = gpu_check.Estimator({"ours": 1, "train": 1})
+    train_oom = gpu_check.Part("train-resume", "train", "train",
+                               [sys.executable, "-c", f"import sys; print('[rank0]: {TRAINER_OOM}', file=sys.stderr); sys.exit(1)"],
+                               info=dict(gpu_check.SMOKE.train, stop_after=2))
+    plan = [
+        fake_part("trainer-oom", f"import sys; print('compiling'); sys.exit({TRAINER_OOM!r})"),
+        fake_part("traceback-oom", f"import sys; sys.stderr.write({TRACEBACK_OOM!r}); sys.exit(1)"),
+        train_oom,
+        fake_part("other-crash", "import sys; print('12 GiB of memory free'); sys.exit('RuntimeError: shape mismatch')"),
+        fake_part("fine", "import json; print(json.dumps({'tokens_per_s': 5.0}))"),
+    ]
+    try:
+        runner.run_all(plan)
+    finally:
+        runner.close()
+    rec = {r["part"]: r for r in runner.records}
+    assert [r["status"] for r in runner.records] == ["oom", "oom", "oom", "failed", "ok"]
+    assert rec["trainer-oom"]["error"].splitlines()[0] == TRAINER_OOM
+    assert rec["traceback-oom"]["error"].startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert rec["train-resume"]["error"].splitlines()[0] == TRAINER_OOM  # the rank prefix dropped
+    assert runner.estimate.expected == 1  # only the ok part fed the estimator
+    summary = (out / "summary.md").read_text()
+    assert "| trainer-oom | oom |" in summary and "| train-resume | oom |" in summary
+    assert "1 ok, 1 failed, 3 oom, 0 skipped" in summary
+    assert f"- trainer-oom (oom): {TRAINER_OOM}" in summary and "- **oom**: CUDA out of memory" in summary
+    assert_returnable(out)
+    # an OOM is a finding about the card, not a fault: no failed part, exit 0
+    assert gpu_check.exit_code([r for r in runner.records if r["status"] != "failed"]) == 0
+    assert gpu_check.exit_code([r for r in runner.records if r["status"] == "oom"]) == 1  # nothing ran ok
+
+
+def test_the_reference_step_reports_out_of_memory_in_one_line(monkeypatch, capsys):
+    import torch
+    from benchmarks import bench_reference_step as ref
+
+    tiny = ["--micro_batch", "8", "--seq_len", "16", "--n_layer", "1", "--n_head", "1", "--n_embd", "8",
+            "--block_size", "16", "--device", "cpu", "--dtype", "fp32", "--compile", "0", "--steps", "1"]
+
+    def oom(self, x, y):  # as torch.compile raises it: wrapped in an error of its own
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+        except torch.OutOfMemoryError as e:
+            raise RuntimeError("backend='inductor' raised an error") from e
+
+    monkeypatch.setattr(ref.NanoGPTLoss, "forward", oom)
+    assert ref.main(tiny) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: out of memory at micro-batch 8 x 16 tokens on cpu")
+    assert "--micro_batch 4 or 2 or 1" in err[-1] and sum("error" in line for line in err) == 1
+    assert gpu_check.oom_line("\n".join(err)) == err[-1]  # what gpu_check records as oom
+
+    monkeypatch.setattr(ref.NanoGPTLoss, "forward", lambda self, x, y: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # anything else stays a traceback
+        ref.main(tiny)
+
+
+def test_output_files_are_written_whole_and_the_folder_holds_only_them(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text("old")
+    (out / "summary.md.tmp").write_text("left by a kill")
+    gpu_check.clear_out(out)  # our own files from an earlier run: removed
+    assert not list(out.iterdir())
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(gpu_check.CheckError, match="notes.txt"):
+        gpu_check.clear_out(out)
+
+    target = tmp_path / "summary.md"
+    gpu_check.write_atomic(target, "first")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gpu_check.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        gpu_check.write_atomic(target, "second")
+    assert target.read_text() == "first" and not (tmp_path / "summary.md.tmp").exists()
+
+    log = tmp_path / "huge.log"
+    log.write_bytes(b"command line\n" + b"x" * 3_000_000 + b"\nthe error at the end\n")
+    cut = gpu_check.read_capped(log, cap=4096)
+    assert len(cut) < 4200 and cut.startswith(b"command line") and cut.endswith(b"the error at the end\n")
+    assert b"bytes cut here" in cut
 
 
 def test_missing_data_skips_the_parts_that_need_it(tmp_path):
     plan = gpu_check.build_plan(gpu_check.SMOKE)
     problem = gpu_check.verify_data(tmp_path / "nowhere")
     assert "prepare" in problem
-    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, tmp_path, budget_s=60)
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, tmp_path / "out", budget_s=60)
     needy = [p for p in plan if p.needs_data]
-    runner.run_all(needy, blocked={p.name: problem for p in needy})
+    try:
+        runner.run_all(needy, blocked={p.name: problem for p in needy})
+    finally:
+        runner.close()
     assert {r["group"] for r in runner.records} == {"hellaswag", "train"}
     assert all(r["status"] == "skipped" and "prepare" in r["reason"] for r in runner.records)
+    assert_returnable(tmp_path / "out")
 
 
 def test_prepare_refuses_without_sources(tmp_path):
@@ -120,12 +318,16 @@ def test_prepare_refuses_without_sources(tmp_path):
     assert proc.stderr.startswith("error: missing sources:") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_dry_run_prints_the_plan_without_running(tmp_path):
+def test_dry_run_prints_the_plan_in_priority_order_without_running(tmp_path):
     proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for part in gpu_check.build_plan(gpu_check.GPU):
-        assert part.name in proc.stdout
-    assert "estimated total" in proc.stdout
+    plan = gpu_check.build_plan(gpu_check.GPU)
+    assert [p.name for p in plan[:4]] == ["matrix-gpt2-b16", "reference-b16", "train-resume", "hellaswag"]
+    lines = {p.name: next(line for line in proc.stdout.splitlines() if f" {p.name} " in line) for p in plan}
+    assert [p.name for p in plan] == sorted(lines, key=lambda name: proc.stdout.index(lines[name]))
+    # at the stated compile time the headline pair and the train run fit the default budget
+    assert all("starts at" in lines[name] for name in ("matrix-gpt2-b16", "reference-b16", "train-resume"))
+    assert "compiles GPT-2 124M in ~70 s" in proc.stdout and "estimated total" in proc.stdout
     assert not (tmp_path / "results.jsonl").exists()
 
 
