@@ -6,7 +6,7 @@ line is one JSON object: examples/s of both, the speedup and whether the scores/
 
     # GPU (the intended use): full val set, GPT-2 124M shape with random weights, bf16 autocast, compile
     python benchmarks/bench_hellaswag.py
-    python benchmarks/bench_hellaswag.py --model gpt2          # real weights (needs the HF hub or a local dir)
+    python benchmarks/bench_hellaswag.py --model gpt2          # real weights (HF hub or a local transformers dir)
     # CPU smoke run: a tiny model, a few examples
     python benchmarks/bench_hellaswag.py --device cpu --compile 0 --limit 40 --n_layer 2 --n_head 2 --n_embd 64
 
@@ -21,7 +21,7 @@ Keys of the JSON line:
     torch                  torch.__version__
     model                  "random GPT (12L 12H 768C, block 1024)" or the --model name
     examples               examples evaluated
-    dtype                  the trainer's dtype name after auto: bf16, fp16 or fp32
+    dtype                  the --dtype name after auto: bf16, fp16 or fp32
     autocast               the same as a torch dtype name (bfloat16, float16, float32 = no autocast)
     compile                whether the batched evaluator's model was torch.compile'd
     batch_size, bucket_multiple   as given (null = the evaluator's device default)
@@ -47,19 +47,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import hellaswag  # noqa: E402
-import train_gpt2  # noqa: E402
+import train_gpt2  # noqa: E402  (only for the GPT model)
 
 
 def build_model(args, device):
-    if args.model:
-        model, name = hellaswag.load_pretrained(args.model, device), args.model
+    if args.model:  # any transformers causal LM, as `python hellaswag.py --model` loads it
+        model, name = hellaswag.load_model(args.model, device), args.model
     else:
         torch.manual_seed(args.seed)
         cfg = train_gpt2.GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                                    n_embd=args.n_embd)
         model = train_gpt2.GPT(cfg).to(device)
         name = f"random GPT ({args.n_layer}L {args.n_head}H {args.n_embd}C, block {args.block_size})"
-    return model.eval(), name, model.num_params()
+    return model.eval(), name, sum(p.numel() for p in model.parameters())
 
 
 def get_args(argv=None):
@@ -75,7 +75,7 @@ def get_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="first N examples (None: all)")
     p.add_argument("--data_dir", default=None, help="cache dir of the jsonl files (None: $HELLASWAG_DIR or hellaswag/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=list(train_gpt2.DTYPES), help="as the trainer's --dtype")
+    p.add_argument("--dtype", default="auto", choices=list(hellaswag.AUTOCAST), help="as hellaswag.py's --dtype")
     p.add_argument("--batch_size", type=int, default=None,
                    help="examples per forward of the batched evaluator (None: 32 on a GPU, 8 on cpu)")
     p.add_argument("--bucket_multiple", type=int, default=None, help="row length rounding (None: 32 on a GPU, 8 on cpu)")
@@ -87,8 +87,8 @@ def get_args(argv=None):
 
 def run(argv=None):
     args = get_args(argv)
-    device = train_gpt2.resolve_device(args.device, local_rank=0)
-    dtype = train_gpt2.choose_dtype(args.dtype, device)
+    device = hellaswag.resolve_device(args.device)
+    dtype, amp = hellaswag.choose_autocast(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     use_compile = bool(args.compile) if args.compile is not None else device.type == "cuda"
@@ -97,15 +97,15 @@ def run(argv=None):
 
     examples = hellaswag.load_examples(args.split, args.data_dir, args.limit)
     model, name, n_params = build_model(args, device)
-    max_len = hellaswag.resolve_max_len(model)
+    max_len = hellaswag.model_max_len(model)
     n_cut = hellaswag.count_truncated(examples, max_len)
     print(f"{len(examples)} examples ({n_cut} cut to {max_len} tokens), {name}, {n_params / 1e6:.1f}M params, "
           f"device {device}, dtype {dtype}, compile {use_compile}, torch {torch.__version__}", file=sys.stderr)
 
-    ref = hellaswag.evaluate_reference(model, examples, device, dtype=dtype, max_len=max_len,
+    ref = hellaswag.evaluate_reference(model, examples, device, autocast=amp, max_len=max_len,
                                        return_predictions=True, progress=True)
     fast_model = torch.compile(model) if use_compile else model
-    kwargs = {"dtype": dtype, "max_len": max_len, "batch_size": args.batch_size,
+    kwargs = {"autocast": amp, "max_len": max_len, "batch_size": args.batch_size,
               "bucket_multiple": args.bucket_multiple, "return_predictions": True}
     first = hellaswag.evaluate(fast_model, examples, device, progress=True, **kwargs)
     fast = hellaswag.evaluate(fast_model, examples, device, **kwargs)
@@ -113,7 +113,7 @@ def run(argv=None):
     n = len(examples)
     same_pred = sum(a == b for a, b in zip(ref["predictions"], fast["predictions"]))
     out = {
-        "device": train_gpt2.device_name(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__,
         "model": name,
         "examples": n,
@@ -141,8 +141,8 @@ def run(argv=None):
 def main(argv=None):
     try:
         run(argv)
-    except train_gpt2.UserError as e:
-        print(f"error: {hellaswag._one_line(e)}", file=sys.stderr)
+    except hellaswag.HellaSwagError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

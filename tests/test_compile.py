@@ -1,11 +1,11 @@
 """
-The compiled trainer on CPU, in-process, with a counting torch.compile backend (aot_eager: the
-same graphs inductor would get, without its minutes of code generation on 2 cores):
+The compiled trainer on CPU: main() in-process, with a counting torch.compile backend (aot_eager:
+the same graphs inductor would get, without its minutes of code generation on 2 cores):
   * the training graph has static shapes whatever ran before it (validation, HellaSwag with its
     varying lengths), and after the first train / val / HellaSwag / samples cycle nothing is
     compiled again (test_static_training_graph_and_no_recompiles);
-  * the compiled loss path (F.cross_entropy, fused by the compiler) trains exactly like the eager
-    chunked one: the first 20 losses on real text agree within 1e-4 in fp32
+  * compiling does not change the math: the first 20 losses on real text agree with the eager
+    run's within 1e-4 in fp32
     (test_compiled_loss_path_trains_like_the_eager_one).
 """
 
@@ -26,16 +26,19 @@ CORPUS = REPO.parent / "shared/data/corpus/openstax_textbooks_ccby.jsonl.gz"
 
 
 class CountingBackend:
-    """A torch.compile backend that records every graph: (kind, grad mode, symbolic shapes?)."""
+    """A torch.compile backend that records every graph it gets: (kind, symbolic shapes?, the
+    training steps logged so far)."""
 
-    def __init__(self):
-        self.graphs, self.training = [], False
+    def __init__(self, log_file):
+        self.graphs, self.log_file = [], log_file
 
     def compiler(self, kind):
         def compile_fn(gm, example_inputs):
             symbolic = any(isinstance(x, torch.SymInt) or (isinstance(x, torch.Tensor) and any(
                 isinstance(s, torch.SymInt) for s in x.shape)) for x in example_inputs)
-            self.graphs.append((kind, self.training, symbolic))
+            log = self.log_file.read_text() if self.log_file.exists() else ""
+            trained = sum(line.split()[1] == "train" for line in log.splitlines())
+            self.graphs.append((kind, symbolic, trained))
             return make_boxed_func(gm.forward)
         return compile_fn
 
@@ -43,42 +46,31 @@ class CountingBackend:
         return aot_autograd(fw_compiler=self.compiler("forward"), bw_compiler=self.compiler("backward"))
 
 
-def make_trainer(monkeypatch, backend, *argv):
+def run_compiled(monkeypatch, backend, *argv):
+    """main(argv) in this process, torch.compile going to the counting backend."""
     torch._dynamo.reset()
     real_compile = torch.compile
     monkeypatch.setattr(tg.torch, "compile", lambda model, **kw: real_compile(model, backend=backend.backend()))
-    args = tg.get_args([str(a) for a in argv])
-    tg.resolve_defaults(args, 1)
-    return tg.Trainer(args, tg.Dist())
+    assert tg.main([str(a) for a in argv]) == 0
 
 
 def test_static_training_graph_and_no_recompiles(tmp_path, monkeypatch):
+    """The real loop (val, HellaSwag with its varying lengths, samples, then the training step,
+    three times): the training graph is static, and after the first step nothing compiles."""
     data = write_shards(tmp_path / "data")
     monkeypatch.setenv("HELLASWAG_DIR", str(write_hellaswag_dir(tmp_path / "hs", n=12)))
-    backend = CountingBackend()
-    t = make_trainer(monkeypatch, backend, *TINY, "--data_dir", data, "--log_dir", tmp_path / "log", "--compile", "1",
-                     "--hellaswag_every", "1", "--hellaswag_batch", "2", "--sample_every", "1", "--sample_tokens", "4")
-    enc = tg.get_encoding()
-
-    def cycle(step, hellaswag_first):
-        backend.training = False
-        if hellaswag_first:  # the worst order: varying HellaSwag lengths before anything else
-            t.run_hellaswag(None)
-        tg.evaluate_val(t.eval_runner, t.val_set, t.dist, t.args.micro_batch, t.device, t.amp)
-        t.run_hellaswag(None)
-        tg.generate_samples(t.model, enc, "Hello", 1, 4, 0, t.device, t.amp)
-        backend.training = True
-        t.train_step(step)
-
-    cycle(0, hellaswag_first=True)
-    first = list(backend.graphs)
-    training = [g for g in first if g[1]]
-    assert [kind for kind, _, _ in training] == ["forward", "backward"], first
-    assert not any(symbolic for _, _, symbolic in training), f"the training graph has symbolic shapes: {first}"
-    assert len(first) <= 5, f"too many graphs for one cycle: {first}"  # val, HellaSwag (1-2), train fwd + bwd
-    for step in (1, 2):
-        cycle(step, hellaswag_first=False)
-    assert backend.graphs == first, f"compiled again after the first cycle: {backend.graphs[len(first):]}"
+    backend = CountingBackend(tmp_path / "log" / "log.txt")
+    run_compiled(monkeypatch, backend, *TINY, "--data_dir", data, "--log_dir", tmp_path / "log", "--compile", "1",
+                 "--max_steps", "3", "--val_every", "1", "--hellaswag_every", "1", "--hellaswag_batch", "2",
+                 "--sample_every", "1", "--sample_tokens", "4")
+    graphs = backend.graphs
+    assert [g[2] for g in graphs] == [0] * len(graphs), f"compiled again after the first step: {graphs}"
+    backward = [i for i, g in enumerate(graphs) if g[0] == "backward"]
+    assert len(backward) == 1, graphs
+    training = graphs[backward[0] - 1:backward[0] + 1]  # the training forward, then its backward
+    assert training[0][0] == "forward", graphs
+    assert not any(g[1] for g in training), f"the training graph has symbolic shapes: {graphs}"
+    assert len(graphs) <= 5, f"too many graphs for one cycle: {graphs}"  # val, HellaSwag (1-2), train fwd + bwd
 
 
 def real_text_shards(tmp_path):
@@ -102,13 +94,16 @@ def real_text_shards(tmp_path):
 
 
 def test_compiled_loss_path_trains_like_the_eager_one(tmp_path, monkeypatch):
+    """The first 20 losses on real text, compiled vs eager, agree within 1e-4 in fp32."""
     data = real_text_shards(tmp_path)
-    argv = [*TINY, "--data_dir", data, "--log_dir", tmp_path / "log", "--max_steps", "20", "--micro_batch", "8",
-            "--warmup_steps", "5", "--max_lr", "3e-3"]
     losses = {}
     for compiled in (0, 1):
-        t = make_trainer(monkeypatch, CountingBackend(), *argv, "--compile", compiled)
-        losses[compiled] = [t.train_step(step)[0] for step in range(20)]
-    assert losses[0][-1] < losses[0][0] - 1.0, "the tiny model did not learn: the comparison would be empty"
+        log_dir = tmp_path / f"log{compiled}"
+        run_compiled(monkeypatch, CountingBackend(log_dir / "log.txt"), *TINY, "--data_dir", data,
+                     "--log_dir", log_dir, "--max_steps", "20", "--micro_batch", "8", "--warmup_steps", "5",
+                     "--max_lr", "3e-3", "--val_every", "0", "--compile", compiled)
+        losses[compiled] = [float(line.split()[2]) for line in (log_dir / "log.txt").read_text().splitlines()
+                            if line.split()[1] == "train"]
+    assert len(losses[0]) == 20 and losses[0][-1] < losses[0][0] - 1.0, "the tiny model did not learn"
     for step, (eager, compiled) in enumerate(zip(losses[0], losses[1])):
         assert abs(eager - compiled) < 1e-4, f"step {step}: eager {eager}, compiled {compiled}"

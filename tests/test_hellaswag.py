@@ -16,16 +16,16 @@ import subprocess
 import sys
 import types
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import hellaswag
-import train_gpt2
+import train_gpt2  # only for a tiny GPT and its export; hellaswag does not import it
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,13 +100,16 @@ def make_tiny_gpt(block_size=32, seed=0):
 class UniformLM(nn.Module):
     """All logits 0: every token costs ln(V), so the SUM picks the ending with the fewest tokens."""
 
-    def __init__(self, vocab_size=50257):
+    def __init__(self, vocab_size=50257, output="tuple"):
         super().__init__()
-        self.vocab_size = vocab_size
+        self.vocab_size, self.output = vocab_size, output
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, idx, targets=None):
-        return torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy, None
+        logits = torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy
+        if self.output == "tensor":
+            return logits
+        return types.SimpleNamespace(logits=logits) if self.output == "object" else (logits, None)
 
 
 class BigramOracle(nn.Module):
@@ -118,7 +121,7 @@ class BigramOracle(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.next_token = {}
-        enc = train_gpt2.get_encoding()
+        enc = tiktoken.get_encoding("gpt2")
         for ex in examples:
             row = enc.encode(ex["ctx"]) + enc.encode(" " + ex["endings"][ex["label"]])
             for a, b in zip(row[:-1], row[1:]):
@@ -137,10 +140,9 @@ def fixture_examples():
 
 
 def row_lengths(exs):
-    enc = train_gpt2.get_encoding()
     lengths = []
     for ex in exs:
-        ctx, ends, _ = hellaswag.tokenize_example(ex, enc)
+        ctx, ends = hellaswag.tokenize_example(ex)
         lengths += [len(ctx) + len(e) for e in ends]
     return lengths
 
@@ -183,7 +185,7 @@ def reference_cut(second_half, tiny_model):
 
 
 def test_render_hand_checked():
-    enc = train_gpt2.get_encoding()
+    enc = tiktoken.get_encoding("gpt2")
     ex = {"ctx": "A man is sitting on a roof. he", "label": 3,
           "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
                       "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
@@ -193,40 +195,17 @@ def test_render_hand_checked():
     # the space goes with the ending: " is" is a single GPT-2 token, different from "is"
     assert ends[0][0] == enc.encode(" is")[0] and enc.encode(" is") != enc.encode("is")
     assert enc.decode(ctx + ends[3]) == "A man is sitting on a roof. he starts pulling up roofing on a roof."
-
-    c, e, label = hellaswag.tokenize_example(ex)
-    assert c == ctx and e == ends and label == 3
-
-    tokens, mask, label = hellaswag.render_example(ex)
-    T = max(len(ctx) + len(x) for x in ends)
-    assert tokens.shape == (4, T) and mask.shape == (4, T) and tokens.dtype == torch.long and label == 3
-    for i, end in enumerate(ends):
-        n = len(ctx) + len(end)
-        assert tokens[i, :n].tolist() == ctx + end
-        assert tokens[i, n:].tolist() == [0] * (T - n)  # right padding
-        assert mask[i].tolist() == [0] * len(ctx) + [1] * len(end) + [0] * (T - n)
+    assert hellaswag.tokenize_example(ex) == (ctx, ends)
+    # a literal <|endoftext|> in the data is plain text, not the special token (nor an error)
+    odd = dict(ex, ctx="he said <|endoftext|>")
+    assert 50256 not in hellaswag.tokenize_example(odd)[0]
 
     # max_len 10: every row keeps its last 10 tokens, the context is cut from the left (and the
-    # 11-token ending 0 loses its first token)
+    # 11-token ending 0 loses its first token: n_ctx 0)
     assert [len(e) for e in ends] == [11, 6, 8, 9]
-    tokens, mask, _ = hellaswag.render_example(ex, max_len=10)
-    assert tokens.shape == (4, 10)
-    for i, end in enumerate(ends):
-        assert tokens[i].tolist() == (ctx + end)[-10:]
-        assert mask[i].tolist() == [0] * max(10 - len(end), 0) + [1] * min(len(end), 10)
-
-
-def test_render_second_hand_checked_example():
-    enc = train_gpt2.get_encoding()
-    ex = {"ctx": "Fishing. He", "endings": ["casts.", "x", "sells the dock.", "dances."], "label": "0"}
-    tokens, mask, label = hellaswag.render_example(ex)
-    assert label == 0  # a string label (as some copies of the data have) becomes an int
-    ctx = enc.encode("Fishing. He")
-    for i, ending in enumerate(ex["endings"]):
-        end = enc.encode(" " + ending)
-        assert tokens[i, len(ctx):len(ctx) + len(end)].tolist() == end
-        assert mask[i].sum().item() == len(end)
-        assert mask[i, :len(ctx)].sum().item() == 0
+    for end in ends:
+        row, n_ctx = hellaswag.fit_row(ctx, end, max_len=10)
+        assert row == (ctx + end)[-10:] and n_ctx == max(10 - len(end), 0)
 
 
 def test_fit_row_keeps_the_last_max_len_tokens():
@@ -251,24 +230,20 @@ def test_count_truncated(examples):
         assert hellaswag.count_truncated(examples, max_len) == sum(n > max_len for n in longest), max_len
 
 
-def test_truncation_rule_documented_once():
-    doc = " ".join(hellaswag.__doc__.split())
-    assert " ".join(hellaswag.TRUNCATION_RULE.split()) in doc
-
-
 def test_uniform_model_sum_picks_fewest_tokens():
-    enc = train_gpt2.get_encoding()
+    enc = tiktoken.get_encoding("gpt2")
     ex = {"ctx": "The cat sat on the mat.", "label": 0,
           "endings": ["It purred loudly and then went to sleep in the warm sun by the window.",
                       "It slept.", "It looked at the dog across the room.", "It yawned and stretched."]}
     lengths = [len(enc.encode(" " + e)) for e in ex["endings"]]
     assert len(set(lengths)) == 4
     shortest = lengths.index(min(lengths))
-    model = UniformLM()
-    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        res = fn(model, [ex], "cpu", return_predictions=True)
-        assert res["predictions"][0][:2] == (0, shortest)
-        assert res["num_correct"] == int(shortest == 0)
+    # the three outputs a model may return: (logits, loss), the bare logits, an object with .logits
+    for model in (UniformLM(), UniformLM(output="tensor"), UniformLM(output="object")):
+        for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
+            res = fn(model, [ex], "cpu", return_predictions=True)
+            assert res["predictions"][0][:2] == (0, shortest)
+            assert res["num_correct"] == int(shortest == 0)
 
 
 def test_oracle_model_scores_shifted_ending_tokens():
@@ -315,8 +290,7 @@ def test_truncated_rows_batched_matches_reference(second_half, tiny_model, refer
     n_cut = hellaswag.count_truncated(exs, SMALL_MAX_LEN)
     assert 0 < n_cut < len(exs)  # some examples are cut, some are not
     if HAVE_REAL:  # and some endings alone are longer than max_len (position 0 then unscored)
-        enc = train_gpt2.get_encoding()
-        assert any(len(e) > SMALL_MAX_LEN for ex in exs for e in hellaswag.tokenize_example(ex, enc)[1])
+        assert any(len(e) > SMALL_MAX_LEN for ex in exs for e in hellaswag.tokenize_example(ex)[1])
     # batch_size 5 does not divide 24 (or 6): the last batch gets dummy rows
     got = hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=5, max_len=SMALL_MAX_LEN, return_predictions=True)
     _same_result(got, reference_cut)
@@ -333,11 +307,15 @@ def test_model_block_size_is_the_default_max_len(examples):
     explicit = hellaswag.evaluate(model, exs, "cpu", batch_size=3, max_len=32, return_predictions=True)
     ref = hellaswag.evaluate_reference(model, exs, "cpu", return_predictions=True)
     assert default["predictions"] == explicit["predictions"] == ref["predictions"]
-    # the block size is found through torch.compile (_orig_mod) and DDP (module) wrappers
-    assert hellaswag.resolve_max_len(types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=model))) == 32
-    assert hellaswag.resolve_max_len(types.SimpleNamespace(), None) is None  # no config: no limit
-    with pytest.raises(hellaswag.UserError, match="max_len"):
-        hellaswag.evaluate(model, exs, "cpu", max_len=1)
+    # the block size is found through torch.compile (_orig_mod) and DDP (module) wrappers, and
+    # transformers' names for it are read too
+    assert hellaswag.model_max_len(types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=model))) == 32
+    assert hellaswag.model_max_len(types.SimpleNamespace()) is None  # no config: no limit
+    hf_config = types.SimpleNamespace(n_positions=None, max_position_embeddings=64)
+    assert hellaswag.model_max_len(types.SimpleNamespace(config=hf_config)) == 64
+    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
+        with pytest.raises(hellaswag.HellaSwagError, match="max_len"):
+            fn(model, exs, "cpu", max_len=1)
 
 
 def test_training_mode_restored(tiny_model):
@@ -352,13 +330,15 @@ def test_training_mode_restored(tiny_model):
 
 
 BAD_EXAMPLES = [
-    ("label", lambda ex: dict(ex, label="")),
-    ("label", lambda ex: dict(ex, label=4)),
-    ("label", lambda ex: {k: v for k, v in ex.items() if k != "label"}),
-    ('"endings" has 3 entries', lambda ex: dict(ex, endings=ex["endings"][:3])),
-    ('"endings" is a string', lambda ex: dict(ex, endings="one two three four")),
+    ('"label" is ""', lambda ex: dict(ex, label="")),
+    ('"label" is "2"', lambda ex: dict(ex, label="2")),  # a string, not the number
+    ('"label" is 4', lambda ex: dict(ex, label=4)),
+    ('no "label"', lambda ex: {k: v for k, v in ex.items() if k != "label"}),
+    ('"endings" is .*expected a list of 4 strings', lambda ex: dict(ex, endings=ex["endings"][:3])),
+    ('"endings" is "one two', lambda ex: dict(ex, endings="one two three four")),
     ('no "ctx"', lambda ex: {k: v for k, v in ex.items() if k != "ctx"}),
-    ("JSON array", lambda ex: list(ex.values())),
+    ('"ctx" is "", expected a non-empty string', lambda ex: dict(ex, ctx="")),
+    ("is not a JSON object", lambda ex: list(ex.values())),
 ]
 
 
@@ -368,19 +348,36 @@ def test_bad_in_memory_example_refused_by_both_evaluators(tiny_model, message, c
     exs[2] = corrupt(exs[2])
     errors = []
     for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        with pytest.raises(hellaswag.UserError, match=message) as err:
+        with pytest.raises(hellaswag.HellaSwagError, match=message) as err:
             fn(tiny_model, exs, "cpu")
         errors.append(str(err.value))
     assert errors[0] == errors[1] and "example 2" in errors[0]
 
 
-def test_bad_dtype_and_batch_size(tiny_model):
+def test_bad_autocast_batch_size_and_world_size(tiny_model):
     exs = fixture_examples()[:1]
     for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        with pytest.raises(hellaswag.UserError, match="dtype"):
-            fn(tiny_model, exs, "cpu", dtype=torch.bfloat16)  # the old API's autocast dtype
-    with pytest.raises(hellaswag.UserError, match="batch size"):
+        with pytest.raises(hellaswag.HellaSwagError, match="autocast must be a context manager"):
+            fn(tiny_model, exs, "cpu", autocast=torch.bfloat16)  # a dtype, not a context
+    with pytest.raises(hellaswag.HellaSwagError, match="batch size"):
         hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=0)
+    with pytest.raises(hellaswag.HellaSwagError, match="torch.distributed"):
+        hellaswag.evaluate(tiny_model, exs, "cpu", rank=1, world_size=2)
+
+
+def test_autocast_is_entered_around_each_forward(tiny_model):
+    """Both evaluators run every forward inside the given context (here bf16 autocast on CPU)."""
+    exs = fixture_examples()[:3]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    seen = []
+    handle = tiny_model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        ref = hellaswag.evaluate_reference(tiny_model, exs, "cpu", autocast=amp)
+        got = hellaswag.evaluate(tiny_model, exs, "cpu", autocast=amp, batch_size=1)
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16] * 6
+    assert got["examples"] == ref["examples"] == 3
 
 
 def test_empty_example_list(tiny_model):
@@ -396,9 +393,11 @@ def test_plan_batches_few_fixed_shapes(examples):
     for ids, T in batches:
         assert len(ids) <= 32 and T % 32 == 0 and max(lengths[r] for r in ids) <= T
     assert all(len(ids) == 32 for ids, _ in batches[:-1])
+    assert [T for _, T in batches] == sorted((T for _, T in batches), reverse=True)  # longest first
     assert len({T for _, T in batches}) <= 6  # HellaSwag rows are 14..166 tokens: buckets 32..192
-    assert hellaswag.bucket_length(33) == 64 and hellaswag.bucket_length(64) == 64
-    assert hellaswag.bucket_length(200, cap=180) == 180
+    # rounded up to the multiple, capped at max_len
+    planned = hellaswag.plan_batches([33, 64, 200], 1, 32, cap=180)
+    assert [(ids.tolist(), T) for ids, T in planned] == [([2], 180), ([1], 64), ([0], 64)]
 
 
 def test_compiled_model_same_predictions_few_compiles(tiny_model):
@@ -447,41 +446,23 @@ class StopOnCall:
         return self.stop_at is not None and self.calls >= self.stop_at
 
 
-def test_should_stop_interrupts_and_restores_mode(tiny_model, monkeypatch):
-    K = 2  # read at call time; the real value (8) would only need more examples here
+def test_should_stop_returns_none_and_restores_mode(tiny_model, monkeypatch):
+    assert hellaswag.STOP_CHECK_EVERY == 8
+    K = 2  # read at call time; the real value would only need more examples here
     monkeypatch.setattr(hellaswag, "STOP_CHECK_EVERY", K)
     exs = fixture_examples()[:2 * K + 1]  # batch_size 1: 2K+1 batches, checks at 0, K, 2K
-    for fn, kw in ((hellaswag.evaluate, {"batch_size": 1}), (hellaswag.evaluate_reference, {})):
-        tiny_model.train()
-        stop = StopOnCall(stop_at=2)
-        with pytest.raises(hellaswag.Interrupted):
-            fn(tiny_model, exs, "cpu", should_stop=stop, **kw)
-        assert stop.calls == 2 and tiny_model.training
-        tiny_model.eval()
-        never = StopOnCall()
-        res = fn(tiny_model, exs[:K + 1], "cpu", should_stop=never, **kw)
-        assert never.calls == 2 and res["examples"] == K + 1 and not tiny_model.training
-
-
-def test_num_batch_slots_is_the_busiest_ranks_batch_count():
-    for n in (0, 1, 7, 17, 100):
-        for ws in (1, 2, 3, 8):
-            for bs in (1, 3, 32):
-                per_rank = [len(hellaswag.plan_batches([5] * 4 * len(hellaswag.shard_indices(n, r, ws)), 4 * bs))
-                            for r in range(ws)]
-                assert hellaswag.num_batch_slots(n, ws, bs) == max(per_rank), (n, ws, bs)
+    tiny_model.train()
+    stop = StopOnCall(stop_at=2)
+    assert hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=1, should_stop=stop) is None
+    assert stop.calls == 2 and tiny_model.training
+    tiny_model.eval()
+    never = StopOnCall()
+    res = hellaswag.evaluate(tiny_model, exs[:K + 1], "cpu", batch_size=1, should_stop=never)
+    assert never.calls == 2 and res["examples"] == K + 1 and not tiny_model.training
 
 
 # -----------------------------------------------------------------------------
 # DDP split
-
-
-def test_shard_indices_partition():
-    for n in (0, 1, 7, 10042):
-        for ws in (1, 2, 3, 8):
-            shards = [hellaswag.shard_indices(n, r, ws) for r in range(ws)]
-            assert sorted(i for s in shards for i in s) == list(range(n))
-            assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
 
 
 def _ddp_worker(rank, world_size, init_file, exs, out_dir):
@@ -549,18 +530,25 @@ def test_present_cache_file_never_touches_network(tmp_path, monkeypatch):
     exs = hellaswag.load_examples("val", str(tmp_path))
     assert len(exs) == 12 and exs[0]["endings"] and isinstance(exs[0]["label"], int)
     assert len(hellaswag.load_examples("val", str(tmp_path), limit=5)) == 5
-    # default dir comes from $HELLASWAG_DIR
+    # the default dir is $HELLASWAG_DIR
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path))
-    assert hellaswag.default_data_dir() == str(tmp_path)
     assert len(hellaswag.load_examples("val", limit=3)) == 3
     for bad in (0, -1):
-        with pytest.raises(hellaswag.UserError, match="limit must be >= 1"):
+        with pytest.raises(hellaswag.HellaSwagError, match="limit must be >= 1"):
             hellaswag.load_examples("val", limit=bad)
 
 
 def test_default_dir_is_beside_the_script(monkeypatch):
     monkeypatch.delenv("HELLASWAG_DIR", raising=False)
-    assert Path(hellaswag.default_data_dir()) == REPO / "hellaswag"
+    wanted = []
+
+    def download(url, path, sha256=None):
+        wanted.append(path)
+        raise OSError("offline")
+    monkeypatch.setattr(hellaswag, "download", download)
+    with pytest.raises(hellaswag.HellaSwagError, match="offline"):
+        hellaswag.load_examples("val")
+    assert wanted == [str(REPO / "hellaswag" / "hellaswag_val.jsonl")]
 
 
 class FakeResponse(io.BytesIO):
@@ -580,7 +568,7 @@ def _fake_urlopen(body, content_length=None, calls=None):
 def test_truncated_download_leaves_nothing(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body[:100], content_length=len(body)))
-    with pytest.raises(hellaswag.UserError) as err:
+    with pytest.raises(hellaswag.HellaSwagError) as err:
         hellaswag.load_examples("train", str(tmp_path / "cache"))
     msg = str(err.value)
     assert "\n" not in msg and "HELLASWAG_DIR" in msg and "hellaswag_train.jsonl" in msg
@@ -591,7 +579,7 @@ def test_truncated_download_leaves_nothing(tmp_path, monkeypatch):
 def test_val_download_with_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()  # complete, but not the official val file
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body, content_length=len(body)))
-    with pytest.raises(hellaswag.UserError, match="sha256"):
+    with pytest.raises(hellaswag.HellaSwagError, match="sha256"):
         hellaswag.load_examples("val", str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
@@ -600,7 +588,7 @@ def test_download_network_error_is_one_line(tmp_path, monkeypatch):
     def urlopen(url, timeout=None):
         raise urllib.error.URLError("Temporary failure in name resolution")
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    with pytest.raises(hellaswag.UserError) as err:
+    with pytest.raises(hellaswag.HellaSwagError) as err:
         hellaswag.load_examples("val", str(tmp_path))
     assert "\n" not in str(err.value) and "HELLASWAG_DIR" in str(err.value)
     assert list(tmp_path.iterdir()) == []
@@ -618,12 +606,13 @@ def test_successful_download_then_cached(tmp_path, monkeypatch):
     assert len(calls) == 1  # second time from the cache
     # no Content-Length header: accepted as is
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body))
-    assert len(hellaswag.load_examples("test", str(tmp_path))) == 12
+    assert len(hellaswag.load_examples("train", str(tmp_path / "again"))) == 12
 
 
 def test_unknown_split():
-    with pytest.raises(hellaswag.UserError, match="unknown HellaSwag split"):
-        hellaswag.load_examples("dev", "/nonexistent")
+    for split in ("dev", "test"):  # test has no labels
+        with pytest.raises(hellaswag.HellaSwagError, match="unknown HellaSwag split.*use val or train"):
+            hellaswag.load_examples(split, "/nonexistent")
 
 
 @needs_real
@@ -659,12 +648,12 @@ def _without(key):
 BAD_FILES = [
     ("missing-ctx", _edit(3, _without("ctx")), 3, 'no "ctx" key'),
     ("endings-not-a-list", _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))), 5,
-     '"endings" is a string, expected a list of 4 strings'),
+     '"endings" is "a b c d", expected a list of 4 strings'),
     ("three-endings", _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))), 7,
-     '"endings" has 3 entries, expected 4'),
+     'expected a list of 4 strings'),
     ("ending-not-a-string", _edit(2, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3] + [7]))), 2,
-     '"endings"[3] is a number'),
-    ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "a JSON array, expected a JSON object"),
+     '"endings" is ["'),
+    ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "is not a JSON object"),
     ("invalid-json", _edit(9, lambda ex: json.dumps(ex)[:-5]), 9, "not valid JSON"),
     ("label-out-of-range", _edit(6, lambda ex: json.dumps(dict(ex, label=7))), 6, '"label" is 7'),
     ("missing-label", _edit(11, _without("label")), 11, 'no "label" key'),
@@ -688,7 +677,7 @@ def test_bad_file_is_one_user_error_naming_the_line(tmp_path, monkeypatch, make,
     d, path = _write_bad(tmp_path, make)
     before = path.read_bytes()
     _no_network(monkeypatch)
-    with pytest.raises(hellaswag.UserError) as err:
+    with pytest.raises(hellaswag.HellaSwagError) as err:
         hellaswag.load_examples("val", str(d))
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and words in msg, msg
@@ -700,7 +689,7 @@ def test_bad_file_is_one_user_error_naming_the_line(tmp_path, monkeypatch, make,
 def test_validation_stops_at_the_limit(tmp_path):
     d, _ = _write_bad(tmp_path, _edit(9, lambda ex: "{oops"))
     assert len(hellaswag.load_examples("val", str(d), limit=8)) == 8  # line 9 is never read
-    with pytest.raises(hellaswag.UserError, match="line 9"):
+    with pytest.raises(hellaswag.HellaSwagError, match="line 9"):
         hellaswag.load_examples("val", str(d), limit=9)
 
 
@@ -752,51 +741,47 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A training checkpoint of a tiny GPT with block size 32: several fixture rows are longer."""
-    model, cfg = make_tiny_gpt(block_size=32)
-    path = tmp_path_factory.mktemp("ckpt") / "model_00000.pt"
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "step": 0, "args": {}}, path)
-    return model, path
+def exported(tmp_path_factory):
+    """A tiny GPT with block size 32 (several fixture rows are longer), exported as a transformers
+    GPT2LMHeadModel folder, as `python train_gpt2.py --export CKPT` writes it."""
+    model, _ = make_tiny_gpt(block_size=32)
+    out = str(tmp_path_factory.mktemp("export") / "model_00000_hf")
+    train_gpt2.export_to_transformers(model, out)
+    return out
 
 
-def test_cli_checkpoint_end_to_end(checkpoint, data_dir, capsys):
-    model, path = checkpoint
-    proc = _cli("--checkpoint", str(path), "--data_dir", data_dir, "--device", "cpu", "--batch_size", "5")
+def test_hellaswag_does_not_import_train_gpt2():
+    code = "import sys, hellaswag; assert 'train_gpt2' not in sys.modules, 'imported train_gpt2'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cli_exported_model_end_to_end(exported, data_dir, capsys):
+    proc = _cli("--model", exported, "--data_dir", data_dir, "--device", "cpu", "--batch_size", "5")
     out = _last_json(proc)
-    expected = hellaswag.evaluate(model, fixture_examples(), "cpu")  # max_len = the block size, 32
+    # the same model in this process, loaded as the CLI loads it: n_positions 32 is the max_len
+    model = hellaswag.load_model(exported, torch.device("cpu"))
+    assert hellaswag.model_max_len(model) == 32 and not model.training
+    expected = hellaswag.evaluate_reference(model, fixture_examples(), "cpu", return_predictions=True)
     assert out["examples"] == 12
     assert out["acc_norm"] == expected["acc_norm"] and out["acc"] == expected["acc"]
+    batched = hellaswag.evaluate(model, fixture_examples(), "cpu", batch_size=5, return_predictions=True)
+    assert batched["predictions"] == expected["predictions"]  # a transformers model: same picks
     n_cut = hellaswag.count_truncated(fixture_examples(), 32)
     assert n_cut > 0 and f"note: {n_cut} of 12 examples have rows longer than the block size 32" in proc.stdout
     # --reference, same numbers (in this process: the subprocess above already covers start-up)
-    code, stdout, _ = _main(capsys, "--checkpoint", str(path), "--data_dir", data_dir, "--device", "cpu",
-                            "--reference", "--dtype", "fp32")
+    code, stdout, _ = _main(capsys, "--model", exported, "--data_dir", data_dir, "--device", "cpu",
+                            "--reference", "--dtype", "fp32", "--limit", "12")
     assert code == 0
     ref = json.loads(stdout.strip().splitlines()[-1])
     assert ref["acc_norm"] == out["acc_norm"] and ref["acc"] == out["acc"]
 
 
-def test_cli_model_dir_end_to_end(tmp_path, data_dir):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256))
-    hf.save_pretrained(tmp_path / "hf")
-    args = ("--model", str(tmp_path / "hf"), "--data_dir", data_dir, "--device", "cpu", "--limit", "10")
-    batched = _last_json(_cli(*args))
-    expected = hellaswag.evaluate_reference(train_gpt2.GPT.from_pretrained(str(tmp_path / "hf")),
-                                            fixture_examples()[:10], "cpu")
-    assert batched["examples"] == expected["examples"] == 10
-    assert batched["acc_norm"] == expected["acc_norm"] and batched["acc"] == expected["acc"]
-
-
 def test_cli_bad_input_in_a_real_process(tmp_path, data_dir):
-    """Exit code and stderr of the real entry point (the in-process tests below cover each case)."""
-    d, path = _write_bad(tmp_path, BAD_FILES[5][1])  # invalid JSON on line 9
-    for args, words in ((("--checkpoint", str(tmp_path / "missing.pt"), "--data_dir", data_dir), ("not found",)),
-                        (("--model", "gpt2", "--data_dir", str(d)), (str(path), "line 9:"))):
-        proc = _cli(*args, timeout=120)
-        _assert_one_error_line(proc.returncode, proc.stderr, *words)
+    """Exit code and stderr of the real entry point (the in-process tests below cover each case):
+    the removed --checkpoint flag is one error line too."""
+    proc = _cli("--checkpoint", str(tmp_path / "model_00000.pt"), "--data_dir", data_dir, timeout=120)
+    _assert_one_error_line(proc.returncode, proc.stderr, "--model")
 
 
 @pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
@@ -808,17 +793,19 @@ def test_cli_bad_file_one_error_line(tmp_path, capsys, make, line_no, words):
     _assert_one_error_line(code, err, str(path), words)  # --reference refuses exactly the same files
 
 
-def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, capsys):
-    text = tmp_path / "notes.txt"
-    text.write_text("not a checkpoint\n")
-    empty = tmp_path / "empty.pt"
-    empty.write_bytes(b"")
-    ckpt = ("--data_dir", data_dir, "--device", "cpu")
+def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
+    checkpoint = tmp_path / "model_00000.pt"
+    checkpoint.write_bytes(b"a training checkpoint")
+    (tmp_path / "no_config").mkdir()
+    (tmp_path / "bad_config").mkdir()
+    (tmp_path / "bad_config" / "config.json").write_text("{not json")
+    cpu = ("--data_dir", data_dir, "--device", "cpu")
+    export_hint = ("not a transformers model folder", "train_gpt2.py --export")
     cases = [
-        (("--checkpoint", str(tmp_path / "missing.pt"), *ckpt), ("checkpoint not found",)),
-        (("--checkpoint", str(text), *ckpt), ("not a checkpoint of this trainer",)),
-        (("--checkpoint", str(empty), *ckpt), ("is empty", "not a checkpoint of this trainer")),
-        (("--checkpoint", str(tmp_path), *ckpt), ("is a directory",)),
+        (("--model", str(checkpoint), *cpu), export_hint),  # our .pt files are exported first
+        (("--model", str(tmp_path / "no_config"), *cpu), export_hint),
+        (("--model", str(tmp_path / "bad_config"), *cpu), ("cannot load it", "bad_config")),
+        (("--model", exported, "--checkpoint", str(checkpoint), *cpu), ("unrecognized arguments",)),
         (("--model", "gpt2", "--split", "dev", "--data_dir", data_dir), ("--split",)),
         (("--model", "gpt2", "--split", "test", "--data_dir", data_dir), ("--split",)),
         (("--model", "gpt2", "--limit", "0", "--data_dir", data_dir), ("--limit must be >= 1",)),
@@ -826,14 +813,12 @@ def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, capsys):
         (("--model", "gpt2", "--dtype", "bfloat16", "--data_dir", data_dir), ("--dtype",)),
         (("--model", "gpt2", "--device", "tpu", "--data_dir", data_dir), ("--device tpu",)),
         (("--model", "gpt2", "--device", "cuda:5", "--data_dir", data_dir), ("--device cuda:5",)),
-        (("--data_dir", data_dir), ("--model", "--checkpoint")),
+        (("--model", "gpt2", "--device", "cuda:x", "--data_dir", data_dir), ("--device cuda:x",)),
+        (("--data_dir", data_dir), ("--model",)),
     ]
     for args, words in cases:
         code, _, err = _main(capsys, *args)
         _assert_one_error_line(code, err, *words)
-    for args in ((str(text),), (str(empty),)):  # and no pickle / weights_only hint
-        code, _, err = _main(capsys, "--checkpoint", *args, *ckpt)
-        assert "pickle" not in err.lower() and "weights_only" not in err
 
 
 def test_cli_help_one_default_per_flag():
@@ -843,8 +828,8 @@ def test_cli_help_one_default_per_flag():
     assert not any("default" in a.help.lower() for a in actions)  # the formatter adds the one default
     text = " ".join(parser.format_help().split())
     assert text.count("(default:") == len(actions)
-    choices = next(a for a in actions if a.dest == "dtype").choices
-    assert list(choices) == list(train_gpt2.DTYPES)
+    assert list(next(a for a in actions if a.dest == "dtype").choices) == ["auto", "bf16", "fp16", "fp32"]
+    assert "--checkpoint" not in text and "train_gpt2.py --export" in text  # how to evaluate our .pt files
 
 
 # -----------------------------------------------------------------------------

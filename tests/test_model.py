@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt2
-from train_gpt2 import GPT, GPT2_VOCAB, MODEL_PRESETS, GPTConfig, cross_entropy_fp32
+from train_gpt2 import GPT, GPT2_VOCAB, MODEL_PRESETS, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=64)
@@ -102,22 +102,6 @@ def test_loss_falls_on_a_tiny_batch(arch):
     assert losses[-1] < losses[0] - 3
 
 
-def test_chunked_cross_entropy_equals_pytorch_and_ignores_minus_one(monkeypatch):
-    """The eager loss path: value and gradients as F.cross_entropy's in fp32, over several chunks."""
-    monkeypatch.setattr(train_gpt2, "LOSS_CHUNK_ELEMENTS", 1000)  # 3 rows of 300 per chunk
-    torch.manual_seed(0)
-    logits = torch.randn(3, 11, 300, requires_grad=True)
-    targets = torch.randint(0, 300, (3, 11))
-    targets[0, :4] = -1
-    ours = cross_entropy_fp32(logits, targets)
-    (g_ours,) = torch.autograd.grad(ours, logits)
-    ref = F.cross_entropy(logits.view(-1, 300), targets.view(-1), ignore_index=-1)
-    (g_ref,) = torch.autograd.grad(ref, logits)
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
-    assert torch.allclose(g_ours, g_ref, rtol=1e-5, atol=1e-8)
-    assert torch.all(g_ours[0, :4] == 0)
-
-
 def saved_for_backward(fn):
     """(dtype, numel) of every tensor autograd saves while fn() runs."""
     saved = []
@@ -126,20 +110,17 @@ def saved_for_backward(fn):
     return out, saved
 
 
-def test_eager_bf16_loss_is_fp32_and_keeps_no_fp32_copy_of_the_logits():
-    """Why the chunked Function exists: under bf16 autocast, eager F.cross_entropy(logits.float())
-    saves an fp32 (B*T, V) tensor for the backward; ours saves only the bf16 logits."""
+def test_bf16_loss_is_computed_in_fp32_and_returned_alone():
+    """Under bf16 autocast the logits are bf16 but the loss is an fp32 cross-entropy, and the
+    forward with targets returns no logits (they would outlive the micro-step)."""
     model = tiny_model()
     idx = torch.randint(0, GPT2_VOCAB, (2, 16))
-    BTV = 2 * 15 * model.config.vocab_size
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        (logits, loss), saved = saved_for_backward(lambda: model(idx[:, :-1], idx[:, 1:]))
-        _, saved_plain = saved_for_backward(
-            lambda: F.cross_entropy(model(idx[:, :-1])[0].float().view(-1, model.config.vocab_size), idx[:, 1:].reshape(-1)))
-    assert logits is None and loss.dtype == torch.float32
-    assert (torch.float32, BTV) in saved_plain  # the cost the chunked path avoids
-    assert (torch.float32, BTV) not in saved, "an fp32 copy of the logits is kept for backward"
-    assert (torch.bfloat16, BTV) in saved  # the bf16 logits themselves are enough
+        logits, loss = model(idx[:, :-1], idx[:, 1:])
+        bf16_logits, _ = model(idx[:, :-1])
+    assert logits is None and loss.dtype == torch.float32 and bf16_logits.dtype == torch.bfloat16
+    ref = F.cross_entropy(bf16_logits.float().view(-1, bf16_logits.size(-1)), idx[:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     loss.backward()
 
 
@@ -183,10 +164,9 @@ def test_compiled_forward_and_backward_have_no_graph_breaks(arch):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "modern"])
-def test_compiled_loss_and_gradients_equal_the_eager_chunked_ones(arch, monkeypatch):
-    """One loss, two implementations (F.cross_entropy when compiled, the chunked Function when
-    eager): equal values and gradients in fp32."""
-    monkeypatch.setattr(train_gpt2, "LOSS_CHUNK_ELEMENTS", 5000)  # several chunks
+def test_compiled_loss_and_gradients_equal_the_eager_ones(arch):
+    """torch.compile must not change the math: equal loss and gradients in fp32, ignored
+    targets included."""
     model = tiny_model(arch)
     compiled, _, _ = count_graphs(model)
     x, y = torch.randint(0, GPT2_VOCAB, (2, 2, 16))
@@ -203,59 +183,32 @@ def test_compiled_loss_and_gradients_equal_the_eager_chunked_ones(arch, monkeypa
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def make_hf_dir(tmp_path, vocab_size=GPT2_VOCAB):
-    from transformers import GPT2Config, GPT2LMHeadModel
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, arch):
+    """--arch gpt2 -> GPT2LMHeadModel, --arch modern -> LlamaForCausalLM: the same logits over
+    the real vocab (the padding rows are dropped), loaded by AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=vocab_size))
-    hf.save_pretrained(tmp_path)
-    return hf.eval()
-
-
-def test_from_pretrained_matches_transformers(tmp_path):
-    hf = make_hf_dir(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path))
+    model = tiny_model(arch).eval()
+    train_gpt2.export_to_transformers(model, str(tmp_path))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    expected = {"gpt2": "GPT2LMHeadModel", "modern": "LlamaForCausalLM"}[arch]
+    assert type(hf).__name__ == expected and hf.config.vocab_size == GPT2_VOCAB
     idx = torch.randint(0, GPT2_VOCAB, (2, 50))
     with torch.no_grad():
         ref = hf(idx).logits
         ours, _ = model(idx)
     assert (ours[..., :GPT2_VOCAB] - ref).abs().max().item() < 1e-4
-    assert model.config.block_size == 128 and model.config.n_layer == 2
 
 
-def test_save_pretrained_loads_in_transformers(tmp_path):
-    from transformers import GPT2LMHeadModel
-
-    model = tiny_model().eval()
-    model.save_pretrained(str(tmp_path))
-    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
-    assert hf.config.vocab_size == GPT2_VOCAB  # padding rows dropped
-    idx = torch.randint(0, GPT2_VOCAB, (2, 50))
-    with torch.no_grad():
-        ref = hf(idx).logits
-        ours, _ = model(idx)
-    assert (ours[..., :GPT2_VOCAB] - ref).abs().max().item() < 1e-4
-    # and back again: export -> import is lossless
-    again = GPT.from_pretrained(str(tmp_path))
-    with torch.no_grad():
-        back, _ = again(idx)
-    assert (back - ours[..., :GPT2_VOCAB]).abs().max().item() < 1e-5
-
-
-def test_save_pretrained_writes_a_usable_tokenizer(tmp_path):
-    pytest.importorskip("tiktoken")
+def test_export_writes_a_usable_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    tiny_model().save_pretrained(str(tmp_path))
+    train_gpt2.export_to_transformers(tiny_model(), str(tmp_path))
     if not (tmp_path / "vocab.json").exists():
         pytest.skip("no tiktoken cache here (TIKTOKEN_CACHE_DIR unset and no network)")
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
     assert tok("Hello world").input_ids == [15496, 995]
-
-
-def test_save_pretrained_refuses_modern(tmp_path):
-    with pytest.raises(ValueError, match="gpt2"):
-        tiny_model("modern").save_pretrained(str(tmp_path))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "modern"])
@@ -281,15 +234,6 @@ def test_generation_runs_past_block_size_and_on_a_compiled_wrapper():
     assert out.shape == (1, 30) and torch.equal(out, ref)
 
 
-def test_generation_greedy_picks_argmax():
-    model = tiny_model().eval()
-    prompt = torch.randint(0, GPT2_VOCAB, (2, 6))
-    out = model.generate(prompt, 1, temperature=0)
-    with torch.no_grad():
-        logits, _ = model(prompt)
-    assert torch.equal(out[:, -1], logits[:, -1, :GPT2_VOCAB].argmax(-1))
-
-
 def test_sequence_longer_than_block_size_is_refused():
     with pytest.raises(ValueError, match="block_size"):
         tiny_model(block_size=8)(torch.zeros(1, 9, dtype=torch.long))
@@ -298,7 +242,7 @@ def test_sequence_longer_than_block_size_is_refused():
 def test_import_is_silent_and_side_effect_free(tmp_path):
     code = ("import sys, torch, train_gpt2\n"
             "assert not torch.cuda.is_initialized()\n"
-            "heavy = [m for m in ('transformers', 'tiktoken', 'hellaswag', 'datasets') if m in sys.modules]\n"
+            "heavy = [m for m in ('transformers', 'tiktoken', 'datasets') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     env_path = str(REPO)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
