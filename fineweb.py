@@ -5,30 +5,27 @@ FineWeb-Edu (or local text) -> GPT-2 token shards: the data step of the GPT-2 12
     python fineweb.py --dataset classic-10BT    # or edu-100BT, classic-100BT
     python fineweb.py --source input.txt --local_dir quickstart_data --shard_size 30000
 
---source reads local files or folders (searched recursively) instead of the hub:
-.jsonl / .jsonl.gz (the "text" of every non-blank line), .parquet (the "text" column) and .txt
-(the whole file is one document).
+--source reads local files and folders (searched recursively) instead: .jsonl / .jsonl.gz (the
+"text" of each line), .parquet (the "text" column), .txt (the whole file is one document).
 
-Every document becomes [<|endoftext|>=50256] + encode_ordinary(text) with tiktoken's "gpt2"
-encoding. The documents are concatenated in order and cut into shards of --shard_size tokens,
-each a 1-D uint16 array written with np.save, byte for byte what build-nanogpt writes:
+Every document becomes [<|endoftext|>] + encode_ordinary(text) (tiktoken "gpt2"); the documents
+are concatenated in order and cut into shards of --shard_size tokens, 1-D uint16 arrays written
+with np.save, byte for byte build-nanogpt's format (shard 0 is the validation shard):
 
-    <local_dir>/<prefix>_val_000000.npy, <prefix>_train_000001.npy, ...   (shard 0 = validation)
+    <local_dir>/<prefix>_val_000000.npy, <prefix>_train_000001.npy, ...
 
-Two differences: an empty document is skipped (build-nanogpt writes a lone EOT for it; FineWeb
-has none), and an input that all fits in the val shard is refused, as the trainer needs a train
-shard. <local_dir>/manifest.json records the settings and every finished shard: "file", "bytes",
-"sha256", "max_token" (its largest token id, which the trainer trusts while "bytes" matches) and
-where the shard ends in the input (document, token offset). A shard is written to a temp file,
-fsynced and renamed before the manifest lists it, so after a crash or Ctrl-C the same command
-keeps the finished shards and continues, and the result is byte-identical to an uninterrupted
-run. Bad input or flags: one `error: ...` line on stderr, exit code 1.
+Unlike build-nanogpt, an empty document gets no EOT (FineWeb has none), and an input that fits in
+the val shard is refused (the trainer needs a train shard). <local_dir>/manifest.json records the
+settings and each finished shard: "file", "bytes", "max_token" (its largest token id) and where
+it ends in the input. Shards are written atomically and listed only once complete, so after a
+crash or Ctrl-C the same command keeps the finished shards and continues, byte-identical to an
+uninterrupted run. Bad input or settings: one `error: ...` line on stderr, exit code 1.
 """
 
 import argparse
 import contextlib
+import functools
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -73,35 +70,27 @@ class UserError(Exception):
 
 
 class InputError(UserError):
-    """A problem inside one input file; run() adds what to do about it (see input_error_hint)."""
+    """A problem inside one input file; run() adds what to do about it."""
 
 
 # -----------------------------------------------------------------------------
 # tokenizer (runs in the encoder processes)
 
-_ENCODING = None
-
-
+@functools.cache
 def get_encoding():
     """tiktoken's GPT-2 encoding, loaded on first use so that importing fineweb stays cheap."""
-    global _ENCODING
-    if _ENCODING is None:
-        import tiktoken
-        try:
-            _ENCODING = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # offline without a cache: requests' errors, among others
-            raise UserError(f"cannot load the tiktoken 'gpt2' encoding ({type(e).__name__}: {e}); "
-                            "connect to the network once or set TIKTOKEN_CACHE_DIR") from None
-    return _ENCODING
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # offline without a cache: requests' errors, among others
+        raise UserError(f"cannot load the tiktoken 'gpt2' encoding ({type(e).__name__}: {e}); "
+                        "connect to the network once or set TIKTOKEN_CACHE_DIR") from None
 
 
 def encode_text(text):
-    """encode_ordinary(text) as a uint32 array. (n,)
-
-    encode_to_numpy with no special tokens allowed or disallowed runs the same BPE as
-    encode_ordinary (a literal "<|endoftext|>" stays plain text), but returns tiktoken's buffer
-    instead of a list of Python ints: ~15% faster, and compact to send back to the main process.
-    """
+    """encode_ordinary(text) as a uint32 array (n,). encode_to_numpy with no special tokens runs
+    the same BPE (a literal "<|endoftext|>" stays text) but skips the list of Python ints: ~15%
+    faster, and compact to send back to the main process."""
     enc = get_encoding()
     try:
         return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
@@ -119,20 +108,7 @@ def encode_texts(texts):
             parts += [np.array([EOT], dtype=np.uint32), encode_text(text)]
             lengths[i] = len(parts[-1]) + 1
     tokens = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
-    if tokens.size and tokens.max() >= 2**16:  # never for GPT-2 (50,257 ids): uint16 would wrap
-        raise UserError(f"token id {tokens.max()} does not fit in the shards' uint16")
-    return tokens.astype(np.uint16), lengths
-
-
-def record_problem(record):
-    """Why a JSON record is not a document; None when its "text" is a string."""
-    if not isinstance(record, dict):
-        return "record is not a JSON object (each line must be like {\"text\": \"...\"})"
-    if "text" not in record:
-        return "record has no \"text\" field"
-    if not isinstance(record["text"], str):
-        return f"record \"text\" is {type(record['text']).__name__}, not a string"
-    return None
+    return tokens.astype(np.uint16), lengths  # GPT-2's 50,257 ids fit
 
 
 def parse_jsonl_block(block, path, lineno, texts):
@@ -144,19 +120,16 @@ def parse_jsonl_block(block, path, lineno, texts):
                 record = json.loads(line)
             except ValueError as e:  # invalid JSON or invalid UTF-8
                 return InputError(f"{path} line {lineno + i}: invalid JSON ({e})")
-            if problem := record_problem(record):
-                return InputError(f"{path} line {lineno + i}: {problem}")
+            if not (isinstance(record, dict) and isinstance(record.get("text"), str)):
+                return InputError(f"{path} line {lineno + i}: not a JSON object with a \"text\" "
+                                  "string")
             texts.append(record["text"])
     return None
 
 
 def encode_batch(segments):
-    """Worker job: segments -> (tokens, document lengths, InputError or None).
-
-    A segment is ("texts", [str, ...]) or ("jsonl", lines, path, first line number): JSON is
-    parsed here, in the workers, so that the main process only reads files. On a bad line the
-    documents before it are still returned, so that the shards they complete get written.
-    """
+    """Worker job: segments (see read_files) -> (tokens, document lengths, InputError or None).
+    On a bad line the documents before it are still returned: the shards they fill get written."""
     texts, error = [], None
     for seg in segments:
         if seg[0] == "texts":
@@ -167,8 +140,10 @@ def encode_batch(segments):
 
 
 # -----------------------------------------------------------------------------
-# reading: every input is one stream of segments, in document order. Each reader starts at
-# document `skip` (resuming) without tokenizing what it skips and returns how many it skipped.
+# reading: every input becomes a stream of segments in document order, ("texts", [str, ...]) or
+# ("jsonl", raw lines, path, first line number): JSON is parsed in the workers, so the main
+# process only reads. Each reader starts at document `skip` (resuming) without tokenizing what it
+# skips, and returns how many documents it skipped.
 
 
 def expand_sources(paths):
@@ -193,9 +168,9 @@ def expand_sources(paths):
 def read_jsonl(path, skip, block_bytes=BATCH_CHARS):
     """("jsonl", lines, path, first line number) segments of ~block_bytes of whole lines.
 
-    This is why --source is fast and lean: only decompression happens here, blocks of raw lines
-    go to the workers, and nothing holds more than a few blocks (datasets' json loader first
-    converts the whole file to Arrow: ~2.5x slower and ~5x the memory on the shared corpus).
+    Why --source does not use datasets' json loader (which first converts all of the input to
+    Arrow; ~2.5x slower and ~5x the memory on the shared corpus): here only decompression
+    happens, raw lines go to the workers, and no more than a few blocks are held at a time.
     """
     skipped, lineno = 0, 1  # lineno: the number of the next line read
     try:
@@ -221,14 +196,15 @@ def read_parquet(path, skip):
     try:
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
-        if "text" not in names or not pa.types.is_string(pf.schema_arrow.field("text").type):
+        kind = pf.schema_arrow.field("text").type if "text" in names else pa.null()
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise InputError(f"{path}: no \"text\" column of strings (columns: {', '.join(names)})")
         for batch in pf.iter_batches(batch_size=1024, columns=["text"]):
-            first, row = row, row + batch.num_rows
+            first, row = row, row + batch.num_rows  # this batch holds rows first..row-1
             if row <= skip:
-                continue
+                continue  # skipped without decoding it
             texts = batch.column(0).to_pylist()[max(skip - first, 0):]
-            first = max(first, skip)  # the row number of texts[0]
+            first = max(first, skip)  # the row of texts[0]
             if None in texts:
                 k = texts.index(None)
                 yield ("texts", texts[:k])  # the rows before it still count
@@ -252,40 +228,28 @@ def read_txt(path, skip):
 
 
 def read_files(files, skip=0):
+    """Segments of all --source files, in order."""
     for path in files:
         read = {".parquet": read_parquet, ".txt": read_txt}.get(path.suffix, read_jsonl)
         skip -= yield from read(path, skip)
 
 
-def read_hub(hub, name, skip=0, docs_per_segment=256):
+def read_hub(hub, name, skip=0):
     """("texts", [...]) segments of the hub dataset, streamed (nothing is downloaded first)."""
-    texts = []
     try:
         from datasets import load_dataset
         ds = load_dataset(hub, name=name, split="train", streaming=True)
-        for i, record in enumerate(ds.skip(skip) if skip else ds, skip):
-            if problem := record_problem(record):
-                raise UserError(f"{hub}/{name} record {i}: {problem}; use --source instead")
-            texts.append(record["text"])
-            if len(texts) == docs_per_segment:
-                yield ("texts", texts)
-                texts = []
-    except UserError:
-        raise
+        for batch in (ds.skip(skip) if skip else ds).iter(batch_size=256):
+            yield ("texts", batch["text"])
     except Exception as e:  # network, hub or datasets trouble
         raise UserError(f"cannot stream {hub} ({name}) from the HF hub ({type(e).__name__}: {e}); "
                         "check the network and re-run to resume, or use --source") from None
-    if texts:
-        yield ("texts", texts)
 
 
 def tokenize(segments, executor, max_inflight, batch_chars=BATCH_CHARS):
-    """Yield (tokens uint16 (N,), document lengths (D,)) per batch of ~batch_chars of input.
-
-    The main process reads while up to max_inflight batches are encoded by the executor's
-    workers; results come back in document order. On bad input the documents before it are
-    still yielded (the shards they complete get written), then the error is raised.
-    """
+    """(tokens uint16 (N,), document lengths (D,)) per batch of ~batch_chars, in order, while up
+    to max_inflight batches are being encoded. On bad input the documents before it are yielded
+    first (the shards they fill get written), then the error is raised."""
     pending, batch, size, read_error = deque(), [], 0, None
     try:
         while True:
@@ -317,53 +281,30 @@ def tokenize(segments, executor, max_inflight, batch_chars=BATCH_CHARS):
 # writing: atomic shard files, the manifest
 
 
-def fsync_dir(folder):
-    """Make a rename inside folder durable (not possible on Windows, nor needed for atomicity)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomic(path, write):
     """write(file) into path.tmp, fsync, rename over path, fsync the folder: whatever moment a
-    crash hits, path is either absent (or as it was) or complete."""
+    crash hits, path is absent (or as it was) or complete; the re-run overwrites path.tmp."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb+") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_shard(path, tokens):
-    """np.save(tokens) into path, atomically -> its sha256."""
-    sha = hashlib.sha256()
-
-    def save(f):
-        np.save(f, tokens)  # the same bytes as build-nanogpt's np.save(filename, tokens)
-        f.seek(0)
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            sha.update(chunk)
-
-    write_atomic(path, save)
-    return sha.hexdigest()
+    with contextlib.suppress(OSError):  # makes the rename durable; Windows cannot open folders
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_manifest(out_dir, manifest):
-    text = json.dumps(manifest, indent=1).encode()
+    text = (json.dumps(manifest, indent=1) + "\n").encode()
     write_atomic(out_dir / MANIFEST_NAME, lambda f: f.write(text))
 
 
 def shard_name(prefix, index):
     return f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
-
-
-def list_shard_files(out_dir):
-    return sorted(p.name for p in out_dir.glob("*.npy") if SHARD_RE.fullmatch(p.name))
 
 
 def settings_change(old, new):
@@ -386,7 +327,7 @@ def open_output(out_dir, settings):
     """The manifest to continue from (a fresh one when nothing is finished). Refuses rather than
     touch finished work: shards without a manifest, other settings, changed or unknown shards."""
     path = out_dir / MANIFEST_NAME
-    shard_files = list_shard_files(out_dir)
+    shard_files = sorted(p.name for p in out_dir.glob("*.npy") if SHARD_RE.fullmatch(p.name))
     fresh = dict(format=MANIFEST_FORMAT, settings=settings, shards=[], complete=False)
     if not path.exists():
         if shard_files:
@@ -424,32 +365,23 @@ def open_output(out_dir, settings):
 
 class ShardWriter:
     """Fills a shard-size buffer from the token stream, writes each full shard and records it.
-
-    Positions in the input are (document index, token offset in that document; its EOT is 0).
-    A full shard is written when the next token arrives (or by the final finish_shard), so an
-    input that all fits in the val shard writes nothing and run() can refuse it cleanly.
-    """
+    Positions in the input are (document index, token offset in it; its EOT is 0). A full shard
+    is written once a token follows it (or by the final finish_shard): an input that fits in the
+    val shard writes nothing, and run() can refuse it cleanly."""
 
     def __init__(self, out_dir, manifest):
-        self.out_dir, self.manifest = out_dir, manifest
-        s = manifest["settings"]
-        self.prefix, self.shard_size, self.max_tokens = s["prefix"], s["shard_size"], \
-            s["max_tokens"]
-        last = manifest["shards"][-1] if manifest["shards"] else None
+        self.out_dir, self.manifest, self.on_shard = out_dir, manifest, lambda shard: None
+        settings, last = manifest["settings"], (manifest["shards"] or [None])[-1]
+        self.shard_size = settings["shard_size"]
+        self.limit = settings["max_tokens"] or float("inf")
         self.tokens_done = last["token_start"] + last["tokens"] if last else 0  # finished shards
         self.start = (last["end_doc"], last["end_offset"]) if last else (0, 0)  # of the next shard
         self.pos = self.start  # position of the next token added
-        size = self.shard_size if self.max_tokens is None else min(self.shard_size, self.max_tokens)
-        self.buf, self.fill = np.empty(size, dtype=np.uint16), 0
-        self.on_shard = lambda shard: None
+        self.buf, self.fill = np.empty(min(self.shard_size, self.limit), dtype=np.uint16), 0
 
     @property
     def total(self):
         return self.tokens_done + self.fill
-
-    @property
-    def full(self):
-        return self.max_tokens is not None and self.total >= self.max_tokens
 
     def add(self, tokens, lengths):
         """Append the tokens (N,) of consecutive documents of lengths (D,), the first starting at
@@ -459,12 +391,10 @@ class ShardWriter:
         if len(tokens) == 0:  # only empty documents: they still move the position on
             self.pos = (doc0 + len(lengths), 0)
         i = 0
-        while i < len(tokens) and not self.full:
+        while i < len(tokens) and self.total < self.limit:
             if self.fill == self.shard_size:
                 self.finish_shard()  # a token follows the full shard: now it can be written
-            n = min(self.shard_size - self.fill, len(tokens) - i)
-            if self.max_tokens is not None:
-                n = min(n, self.max_tokens - self.total)
+            n = min(self.shard_size - self.fill, len(tokens) - i, self.limit - self.total)
             self.buf[self.fill:self.fill + n] = tokens[i:i + n]
             self.fill, i = self.fill + n, i + n
             j = int(np.searchsorted(ends, i, side="right"))  # documents that end at or before i
@@ -481,10 +411,10 @@ class ShardWriter:
         if index == 0:  # claim the folder for these settings before any shard file appears
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_manifest(self.out_dir, self.manifest)
-        name = shard_name(self.prefix, index)
-        sha = write_shard(self.out_dir / name, tokens)
-        shard = dict(index=index, split="val" if index == 0 else "train", file=name,
-                     tokens=self.fill, bytes=(self.out_dir / name).stat().st_size, sha256=sha,
+        path = self.out_dir / shard_name(self.manifest["settings"]["prefix"], index)
+        write_atomic(path, lambda f: np.save(f, tokens))  # the bytes np.save(filename) writes
+        shard = dict(index=index, split="val" if index == 0 else "train", file=path.name,
+                     tokens=self.fill, bytes=path.stat().st_size,
                      max_token=int(tokens.max()), token_start=self.tokens_done,
                      start_doc=self.start[0], start_offset=self.start[1],
                      end_doc=self.pos[0], end_offset=self.pos[1])
@@ -498,16 +428,16 @@ class ShardWriter:
 # the run
 
 
-def _exit_with_parent(parent_pid):
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 def _worker_init():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report
-    # a worker whose main process was killed would wait for work forever: exit instead
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    parent = os.getppid()
+
+    def exit_with_parent():  # a worker whose parent was killed would wait for work forever
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def make_executor(workers):
@@ -529,31 +459,27 @@ def positive_int(s):
     return int(v)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """"(default: X)" for flags with a value when not given; the others' help says what happens."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def parse_args(argv=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Tokenize FineWeb(-Edu) "
-                                "or local files with GPT-2 BPE into uint16 .npy shards.")
+    p = argparse.ArgumentParser(description="Tokenize FineWeb(-Edu) or local files with GPT-2 BPE "
+                                "into uint16 .npy shards.")
     p.add_argument("--dataset", choices=list(DATASETS), default="edu-10BT",
-                   help="hub dataset; also picks the shard prefix and the --local_dir if not given")
+                   help="hub dataset; also picks the shard prefix and the --local_dir if not given "
+                        "(default: %(default)s)")
     p.add_argument("--source", nargs="+", metavar="PATH",
                    help="local .jsonl/.jsonl.gz/.parquet/.txt files or folders (searched "
                         "recursively) to read instead of the hub; a .txt file is one document")
-    p.add_argument("--local_dir", default=None, help="output folder; without it, the "
-                   "--dataset's folder beside this script (e.g. edu_fineweb10B)")
+    p.add_argument("--local_dir", help="output folder; without it, the --dataset's folder beside "
+                   "this script (e.g. edu_fineweb10B)")
     p.add_argument("--shard_size", type=positive_int, default=int(1e8),
-                   help="tokens per shard (1e8 and 100_000_000 work too); shard 0 is the val shard")
-    p.add_argument("--max_tokens", type=positive_int, default=None,
+                   help="tokens per shard (1e8 and 100_000_000 work too); shard 0 is the val "
+                        "shard (default: %(default)s)")
+    p.add_argument("--max_tokens", type=positive_int,
                    help="stop after this many tokens (more than --shard_size); without it, "
                         "all of the input")
     p.add_argument("--workers", type=positive_int, default=cores,
-                   help="encoder processes that parse and tokenize: all cores of this machine")
+                   help="encoder processes that parse and tokenize: all cores of this machine "
+                        "(default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -568,26 +494,27 @@ def make_settings(args, ds):
                 max_tokens=args.max_tokens, prefix=ds["prefix"])
 
 
-def suggest_shard_size(total_tokens):
-    """A --shard_size that makes a val shard and up to nine train shards of total_tokens."""
-    return max(1, -(-total_tokens // 10))
-
-
+# the trainer needs a train shard: refuse inputs that would only fill the val shard, and suggest
+# a --shard_size that gives a val shard and up to nine train shards
 NO_TRAIN_SHARD = "everything would go to the val shard and no train shard would be written"
 
 
+def suggest_shard_size(total_tokens):
+    return max(1, -(-total_tokens // 10))
+
+
 def check_split(args):
-    """Refuse, before reading anything, a --max_tokens that leaves no room for a train shard."""
+    """Before reading anything: --max_tokens must leave room for a train shard."""
     if args.max_tokens is not None and args.max_tokens <= args.shard_size:
-        fix = (f"pass --shard_size {suggest_shard_size(args.max_tokens)} or smaller, or a larger "
-               "--max_tokens" if args.max_tokens > 1 else "pass a larger --max_tokens")
         raise UserError(f"--max_tokens {args.max_tokens:,} is not more than --shard_size "
-                        f"{args.shard_size:,}: {NO_TRAIN_SHARD}; {fix}")
+                        f"{args.shard_size:,}: {NO_TRAIN_SHARD}; pass --shard_size "
+                        f"{suggest_shard_size(args.max_tokens)} or smaller, or a larger "
+                        "--max_tokens")
 
 
 def check_enough_tokens(args, ds, writer):
-    """At the end of the input, before the last shard is written: refuse an input without
-    documents, or one that all fits in the val shard (nothing is written yet then)."""
+    """At the end of the input, before the last shard is written (nothing is, yet, if all of it
+    fits in the val shard): there must be documents, and a train shard."""
     total, size = writer.total, writer.shard_size
     source = " ".join(args.source) if args.source else f"{ds['hub']} {ds['name']}"
     if total == 0:
@@ -599,23 +526,11 @@ def check_enough_tokens(args, ds, writer):
                         f"{suggest_shard_size(total)} or smaller")
 
 
-def input_error_hint(out_dir, shards):
-    """What to do about a bad input file. The settings record each input file's size, so once
-    shards are finished a fixed file no longer matches them: only a fresh output works."""
-    if not shards:
-        return "fix or replace that file and re-run"
-    return (f"fix or replace that file, then delete {out_dir} or use another --local_dir (its "
-            f"{len(shards)} finished shards were made with the file as it is now)")
-
-
 def write_shards(args, ds, out_dir, manifest):
-    """Tokenize the input from where the finished shards end into shards -> (writer, number of
+    """Tokenize the input, from where the finished shards end, into shards -> (writer, number of
     empty documents skipped)."""
     writer = ShardWriter(out_dir, manifest)
-    skip_docs, skip_tokens = writer.pos
-    if manifest["shards"]:
-        print(f"resuming {out_dir}: {len(manifest['shards'])} shards ({writer.tokens_done:,} "
-              f"tokens) finished; continuing at document {skip_docs:,}, token {skip_tokens:,}")
+    skip_docs, skip_tokens = writer.pos  # where the finished shards end
     inp, total = manifest["settings"]["input"], args.max_tokens  # total: for the ETA
     if inp["type"] == "files":
         segments = read_files([Path(f["path"]) for f in inp["files"]], skip_docs)
@@ -638,24 +553,21 @@ def write_shards(args, ds, out_dir, manifest):
         writer.on_shard = on_shard
         batches = tokenize(segments, executor, max_inflight=2 * args.workers + 1)
         try:
-            if not writer.full:
-                for tokens, lengths in batches:
-                    if skip_tokens and len(lengths):  # a shard boundary cut this document
-                        if lengths[0] <= skip_tokens:
-                            break  # it got shorter: the input changed
-                        tokens, lengths = tokens[skip_tokens:], lengths.copy()
-                        lengths[0] -= skip_tokens
-                        skip_tokens = 0
-                    empty_docs += int(np.count_nonzero(lengths == 0))
-                    before = writer.total
-                    writer.add(tokens, lengths)
-                    bar.update(writer.total - before)
-                    if writer.full:
-                        break
-                if skip_tokens:
-                    raise UserError(f"document {skip_docs:,} is shorter than the manifest says or "
-                                    f"missing: the input changed since the finished shards were "
-                                    f"made; delete {out_dir} to start over")
+            while writer.total < writer.limit and (batch := next(batches, None)) is not None:
+                tokens, lengths = batch
+                if skip_tokens and len(lengths):  # a shard boundary cut this document
+                    if lengths[0] <= skip_tokens:
+                        break  # it got shorter: the input changed (reported below)
+                    tokens, lengths = tokens[skip_tokens:], lengths.copy()
+                    lengths[0] -= skip_tokens
+                    skip_tokens = 0
+                empty_docs += int(np.count_nonzero(lengths == 0))
+                writer.add(tokens, lengths)
+                bar.update(writer.total - bar.n)
+            if skip_tokens and writer.total < writer.limit:
+                raise UserError(f"document {skip_docs:,} is shorter than the manifest says or "
+                                "missing: the input changed since the finished shards were made; "
+                                f"delete {out_dir} to start over")
             check_enough_tokens(args, ds, writer)
             writer.finish_shard()  # the last shard holds the rest
         finally:
@@ -668,27 +580,30 @@ def run(args):
     t0 = time.time()
     ds = DATASETS[args.dataset]
     out_dir = Path(args.local_dir or Path(__file__).resolve().parent / ds["local_dir"])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--local_dir {out_dir} is a file, not a folder")
     manifest = open_output(out_dir, make_settings(args, ds))
     shards = manifest["shards"]  # the finished ones; write_shards appends the new ones
     if manifest["complete"]:
         t = manifest["totals"]
-        if t["shards"] == 1:  # an older fineweb.py wrote inputs that fit in the val shard
-            raise UserError(f"{out_dir} holds only a val shard ({t['tokens']:,} tokens) and no "
-                            f"train shard (an older fineweb.py made it); delete {out_dir} and "
-                            f"re-run with --shard_size {suggest_shard_size(t['tokens'])} or "
-                            "smaller")
-        print(f"nothing to do: {out_dir} already holds the finished output ({t['shards']} shards, "
-              f"{t['tokens']:,} tokens from {t['docs']:,} documents)")
+        print(f"nothing to do: {out_dir} already holds the finished output (1 val + "
+              f"{t['shards'] - 1} train shards, {t['tokens']:,} tokens, {t['docs']:,} documents)")
         return
     check_split(args)
     get_encoding()  # fail before reading anything if the tokenizer is unavailable
-    for tmp in out_dir.glob("*.npy.tmp"):
-        tmp.unlink()  # the half-written shard of a killed run: it is redone
     tokens_before = sum(s["tokens"] for s in shards)
+    if shards:
+        last = shards[-1]
+        print(f"resuming {out_dir}: {len(shards)} shards ({tokens_before:,} tokens) finished; "
+              f"continuing at document {last['end_doc']:,}, token {last['end_offset']:,}")
     try:
         writer, empty_docs = write_shards(args, ds, out_dir, manifest)
-    except InputError as e:
-        raise UserError(f"{e}; {input_error_hint(out_dir, shards)}") from None
+    except InputError as e:  # once shards are finished, their settings record the file's size
+        if not shards:
+            raise UserError(f"{e}; fix or replace that file and re-run") from None
+        raise UserError(f"{e}; fix or replace that file, then delete {out_dir} or use another "
+                        f"--local_dir (its {len(shards)} finished shards were made with the file "
+                        "as it is now)") from None
 
     docs = writer.pos[0] + (writer.pos[1] > 0)  # documents read, empty ones included
     manifest.update(complete=True, totals=dict(docs=docs, tokens=writer.tokens_done,
@@ -716,7 +631,7 @@ def main(argv=None):
         print("error: an encoder process died (out of memory? try fewer --workers); finished "
               "shards are kept, re-run to resume", file=sys.stderr)
         return 1
-    except OSError as e:  # the output side: disk full, no permission, --local_dir is a file, ...
+    except OSError as e:  # the output side: disk full, no permission, ...
         print(f"error: {e}; fix that and re-run (finished shards are kept)", file=sys.stderr)
         return 1
     return 0

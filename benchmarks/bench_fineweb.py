@@ -109,10 +109,9 @@ def threads_run(corpus_dir, out_dir, shard_size, workers):
     from concurrent.futures import ThreadPoolExecutor
     sys.path.insert(0, str(REPO))
     import fineweb
-    args = fineweb.parse_args(["--source", corpus_dir, "--local_dir", out_dir, "--shard_size", str(shard_size),
-                               "--workers", str(workers)])
-    with ThreadPoolExecutor(workers) as ex:
-        fineweb.run(args, executor=ex)
+    fineweb.make_executor = ThreadPoolExecutor  # the same pipeline, `workers` threads encoding
+    sys.exit(fineweb.main(["--source", corpus_dir, "--local_dir", out_dir, "--shard_size", str(shard_size),
+                           "--workers", str(workers)]))
 
 
 # -----------------------------------------------------------------------------
