@@ -639,7 +639,8 @@ NOT_A_DOC = "line 2: not a JSON object with a \"text\" string"
 
 @pytest.mark.parametrize("kind,needle", [
     ("garbage_gzip", "cannot read"), ("truncated_gzip", "cannot read"), ("bad_json", "line 2: invalid JSON"),
-    ("no_text", NOT_A_DOC), ("text_not_string", NOT_A_DOC), ("not_an_object", NOT_A_DOC), ("bad_parquet", "cannot read parquet"),
+    ("no_text", NOT_A_DOC), ("text_not_string", NOT_A_DOC), ("not_an_object", NOT_A_DOC),
+    ("bad_parquet", "cannot read parquet"),
     ("parquet_no_text", "no \"text\" column"), ("parquet_null_text", "row 1: \"text\" is null"),
     ("bad_utf8_txt", "cannot read it as UTF-8"),
 ])
@@ -818,7 +819,8 @@ def test_file_given_twice_then_once_is_one_error_line(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     before = snapshot(out)
     r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", 500)
-    assert_one_line_error(r, f"different settings (input 2: {src} ({src.stat().st_size:,} bytes) then, None now)")
+    size = src.stat().st_size
+    assert_one_line_error(r, f"different settings (input 2: {src} ({size:,} bytes) then, None now)")
     assert snapshot(out) == before
 
 
