@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 import hellaswag
 
@@ -179,6 +180,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.activation_checkpointing = False  # --activation_checkpointing, see forward
         if config.arch == "modern":
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head,
                                    config.rope_base)
@@ -221,7 +223,12 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos, self.rope_sin)
         for block in self.transformer.h:
-            x = block(x, rope)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # keep only the block's input; its insides are recomputed in the backward:
+                # ~1/17 of the activation memory for ~1/3 more compute
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V), bf16 under autocast
         if targets is None:
             return logits, None
@@ -298,7 +305,7 @@ def export_to_transformers(model, out_dir):
     missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in weights.items()},
                                              strict=False)
     if set(missing) - {"lm_head.weight"} or unexpected:
-        raise RuntimeError(f"names differ from transformers': missing {missing}, extra {unexpected}")
+        raise RuntimeError(f"transformers' names differ: missing {missing}, extra {unexpected}")
     hf.tie_weights()
     hf.save_pretrained(out_dir)
     try:  # the tokenizer: the very files tiktoken's "gpt2" encoding is built from
@@ -309,7 +316,7 @@ def export_to_transformers(model, out_dir):
             with open(os.path.join(out_dir, ours), "wb") as f:
                 f.write(read_file_cached(base + theirs))
     except Exception as e:  # the weights work with any GPT-2 tokenizer
-        print(f"note: tokenizer files not written ({e}); use AutoTokenizer.from_pretrained('gpt2')")
+        print(f"note: no tokenizer files written ({e}); use AutoTokenizer.from_pretrained('gpt2')")
 
 
 # -----------------------------------------------------------------------------
@@ -317,7 +324,7 @@ def export_to_transformers(model, out_dir):
 
 
 def find_shards(data_dir, split):
-    """Sorted `<prefix>_{split}_NNNNNN.npy` paths (build-nanogpt's `edufineweb_train_000001.npy`)."""
+    """Sorted `<prefix>_{split}_NNNNNN.npy` paths (build-nanogpt: `edufineweb_train_000001.npy`)."""
     return sorted(glob.glob(os.path.join(data_dir, f"*{split}_[0-9][0-9][0-9][0-9][0-9][0-9].npy")))
 
 
@@ -524,9 +531,8 @@ def checkpoint_path(log_dir, step):
 
 def list_checkpoints(log_dir):
     """The paths of the checkpoints in log_dir, oldest first."""
-    found = [(int(m.group(1)), m.string) for m in
-             (re.fullmatch(r".*model_(\d+)\.pt", p) for p in glob.glob(f"{log_dir}/model_*.pt")) if m]
-    return [path for _, path in sorted(found)]
+    matches = (re.fullmatch(r".*model_(\d+)\.pt", p) for p in glob.glob(f"{log_dir}/model_*.pt"))
+    return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
 
 
 def atomic_write(path, write_fn, tmp=None):
@@ -556,7 +562,7 @@ def read_checkpoint(path):
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty (0 bytes), not a checkpoint (an interrupted copy?)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # text, a truncated file, somebody else's pickle, ...
         ckpt = None
     if not isinstance(ckpt, dict) or not {"model", "config", "step", "args"} <= ckpt.keys():
@@ -669,16 +675,18 @@ def evaluate_val(model, val_set, micro_batch, device, amp, rank=0, world_size=1,
             if should_stop is not None and slot % STOP_CHECK_EVERY == 0 and should_stop():
                 return None
             ids = my_ids[slot * micro_batch:(slot + 1) * micro_batch]
-            if not ids:
-                continue
-            x, y = to_batch(val_set.windows(ids))
-            pad = micro_batch - len(ids)
+            # a rank with nothing left runs a batch of ignored targets: under --fsdp every
+            # forward is a collective
+            x, y = to_batch(val_set.windows(ids or [0]))
+            y = y if ids else torch.full_like(y, -1)
+            pad = micro_batch - len(x)
             x = torch.cat([x, x[:1].expand(pad, -1)])
             y = torch.cat([y, torch.full((pad, y.size(1)), -1, dtype=y.dtype)])
             with amp:
                 _, loss = model(to_device(x, device, True), to_device(y, device, True))
-            n = len(ids) * y.size(1)
-            sums += torch.stack([loss.to(sums.dtype) * n, sums.new_tensor(n)])
+            if ids:
+                n = len(ids) * y.size(1)
+                sums += torch.stack([loss.to(sums.dtype) * n, sums.new_tensor(n)])
     finally:
         model.train(was_training)
     return (all_reduce(sums)[0] / sums[1]).item()
@@ -722,7 +730,8 @@ def number(kind=int, low=0, high=math.inf, low_open=False):
         value = kind(text)
         if not (math.isfinite(value) and (value > low if low_open else value >= low)
                 and value <= high):
-            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+            bounds = f"{'>' if low_open else '>='} {low}"
+            bounds += f" and <= {high}" if high < math.inf else ""
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
@@ -791,6 +800,10 @@ def get_args(argv=None):
       "--log_dir (or from PATH) even with other schedule settings (--max_lr, --max_steps, ...); "
       "without it the same command continues a run only with the same settings")
     a("--compile", type=int, choices=[0, 1], help="torch.compile (default: 1 on CUDA, else 0)")
+    a("--fsdp", type=int, default=0, choices=[0, 1], help="shard weights, gradients and optimizer "
+      "states over the GPUs (FSDP2, under torchrun): for gpt2-large and -xl on 24 GB cards")
+    a("--activation_checkpointing", type=int, default=0, choices=[0, 1], help="recompute each "
+      "block's activations in the backward: far less memory, ~1/3 more compute")
     a("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     a("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA cards that have it, "
       "fp16 on older ones, fp32 on CPU/MPS (default: auto)")
@@ -819,7 +832,8 @@ def resolve_defaults(args, world_size):
     if args.muon_lr is None and args.optimizer == "muon":
         args.muon_lr = MUON_LR_MULTIPLE * args.max_lr
     if args.total_batch is None:
-        args.total_batch = args.micro_batch * args.seq_len * world_size if args.benchmark else 524288
+        one_micro_step = args.micro_batch * args.seq_len * world_size
+        args.total_batch = one_micro_step if args.benchmark else 524288
     if args.benchmark:
         args.max_steps = args.steps
 
@@ -847,6 +861,9 @@ def validate_args(args, world_size):
                         f"{args.seq_len} (or pass --val_every 0)")
     if args.optimizer != "muon" and args.muon_lr is not None:
         raise UserError("--muon_lr is used only with --optimizer muon")
+    if args.fsdp and "RANK" not in os.environ:
+        raise UserError("--fsdp shards the model over the processes of a torchrun job; start it "
+                        "with torchrun --nproc_per_node=N")
     if args.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
         raise UserError(f"--optimizer muon needs torch >= 2.9 (torch.optim.Muon); this is torch "
                         f"{torch.__version__}")
@@ -930,6 +947,20 @@ def to_device(t, device, static=False):
     return t
 
 
+def init_process_group(device, rank, world_size):
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return dist.init_process_group(backend)
+    # torchrun's own key-value store outlives a --max-restarts restart, and torch reads it with
+    # no prefix per attempt: a restarted rank could read a dead rank's address and fail (seen
+    # here in 2 of 5 restarts; pytorch/pytorch#135712). A prefix per attempt keeps them apart.
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
+                            rank=rank, world_size=world_size)
+
+
 def all_reduce(t, op=dist.ReduceOp.SUM):
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
@@ -940,6 +971,34 @@ def any_rank(flag, device):
     """True on every rank if it is true on any rank (a collective under torchrun): how one rank's
     failure or stop request becomes every rank's."""
     return bool(all_reduce(torch.tensor([float(bool(flag))], device=device), dist.ReduceOp.MAX))
+
+
+def shard_model(model, dtype):
+    """--fsdp (FSDP2): each block's weights, gradients and optimizer states are split over the
+    GPUs and gathered (in bf16) only while that block runs; then the rest (the embeddings with the
+    tied head, the final norm) the same way. Gradients are reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype == "bf16" else None,
+                                  reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def memory_estimate(config, args, n_params, n_muon, world_size):
+    """(states, activations) per GPU in GiB, by arithmetic, not measured: fp32 weights and
+    gradients (8 bytes a parameter) and the optimizer's moments (AdamW 8, Muon 4), split over the
+    GPUs with --fsdp; activations ~34 bytes per token, layer and channel in bf16 (Korthikanti et
+    al. 2022, with flash attention), with --activation_checkpointing only each block's 2-byte
+    input and one block recomputed; and the logits (bf16, and fp32 for the loss). Against
+    build-nanogpt compiled on an H100 at micro-batch 16 / 32 / 64: 11.2 / 20.6 / 39.4 GiB
+    here, 12.0 / 21.7 / 41.2 GiB measured."""
+    states = (16 * n_params - 4 * n_muon) / (world_size if args.fsdp else 1)
+    C, L = config.n_embd, config.n_layer
+    per_token = (2 * L * C + 34 * C) if args.activation_checkpointing else 34 * L * C
+    activations = args.micro_batch * args.seq_len * (per_token + 6 * config.vocab_size)
+    return states / 2**30, activations / 2**30
 
 
 # dense bf16 tensor-core peaks in FLOP/s, for MFU (matched against the device name)
@@ -1029,8 +1088,8 @@ class RunLog:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, old))))
         new = ["{0}.{2}{1}".format(*os.path.splitext(path), stamp) for path in old]
         if any(map(os.path.exists, new)):
-            raise UserError(f"{self.dir} holds the logs of two earlier runs last written at {stamp}; "
-                            f"move one of them away")
+            raise UserError(f"{self.dir} holds the logs of two earlier runs last written at "
+                            f"{stamp}; move one of them away")
         for path, new_path in zip(old, new):
             os.replace(path, new_path)
         return f"*.{stamp}.*"
@@ -1080,6 +1139,9 @@ def load_data(args, rank, world_size, device, log):
         else None
     for stream in [train] + ([val_set.stream] if val_set else []):
         stream.check_token_ids(rank, world_size, device)
+    if val_set and args.val_tokens > val_set.n_windows * args.seq_len + args.seq_len:
+        log.print(f"warning: --val_tokens {args.val_tokens:,} is more than the val shards hold; "
+                  f"validating on all {val_set.n_windows * args.seq_len:,} of their tokens")
     log.print(f"data: {len(train_paths)} train shards, {train.total:,} tokens "
               f"({loader.n_windows:,} sequences of {args.seq_len}); "
               f"{args.max_steps * args.total_batch / train.total:.2f} epochs planned")
@@ -1112,13 +1174,16 @@ def train(args):
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left
     if "RANK" in os.environ:  # started by torchrun
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        init_process_group(device, rank, world_size)
     dtype = choose_dtype(args.dtype, device)
     amp = autocast_ctx(device.type, dtype)
     compile_model = bool(args.compile if args.compile is not None else device.type == "cuda")
     grad_accum = args.total_batch // (args.micro_batch * args.seq_len * world_size)
     model_config = model_config_from_args(args)
     log = RunLog(None if args.benchmark else args.log_dir, master)
+    if args.warmup_steps >= args.max_steps and not args.benchmark:
+        log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps {args.max_steps}: "
+                  f"the LR never reaches its peak", file=sys.stderr)
 
     # ---- setup: what the run continues from, and the data; nothing is written before the
     # last check has passed
@@ -1139,11 +1204,18 @@ def train(args):
     enc = get_encoding() if args.sample_every and not args.benchmark else None
 
     # ---- setup: the model. raw_model is the module (checkpoints, samples, the optimizer);
-    # model is what the forward passes run: raw_model compiled, and wrapped in DDP under torchrun
+    # model is what the forward passes run: raw_model compiled, and under torchrun wrapped in
+    # DDP (a whole copy per GPU), unless --fsdp sharded raw_model itself over the GPUs
     torch.manual_seed(args.seed)  # the same init on every rank (DDP broadcasts it anyway)
     raw_model = GPT(model_config).to(device)
+    raw_model.activation_checkpointing = bool(args.activation_checkpointing)
+    if args.fsdp:
+        if dtype == "fp16":
+            raise UserError("--fsdp needs bf16 or fp32 (this card would train in fp16); use "
+                            "--dtype fp32, or leave out --fsdp")
+        shard_model(raw_model, dtype)
     model = torch.compile(raw_model) if compile_model else raw_model
-    if dist.is_initialized():
+    if dist.is_initialized() and not args.fsdp:
         # no buffers to broadcast (the RoPE tables derive from the config), and the gradients as
         # views into the all-reduce buckets: one copy of them less
         model = nn.parallel.DistributedDataParallel(
@@ -1157,11 +1229,26 @@ def train(args):
               f"{compile_model}, {world_size} process(es), {grad_accum} micro-steps per step")
     log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
                                         for name, s in optimizer_settings.items()))
+    estimate = memory_estimate(model_config, args, n_params, optimizer_settings.get(
+        "muon", {}).get("params", 0), world_size)
+    if device.type == "cuda":
+        card = torch.cuda.get_device_properties(device).total_memory / 2**30
+        log.print(f"memory estimate per GPU: {sum(estimate):.1f} GiB ({estimate[0]:.1f} weights, "
+                  f"gradients and optimizer, {estimate[1]:.1f} activations) of {card:.1f} GiB")
+        if sum(estimate) > 0.9 * card:  # the CUDA context, NCCL and fragmentation need room
+            log.print("warning: this may not fit; " + ", ".join(
+                ["--fsdp"] * (not args.fsdp and world_size > 1)
+                + ["--activation_checkpointing 1"] * (not args.activation_checkpointing)
+                + [f"a smaller --micro_batch ({micro_batch_options(args, world_size)})"]))
+    # checkpoints hold full (unsharded) state dicts, the optimizer's state keyed by parameter
+    # name: the same file continues a run with or without --fsdp (imported here: 0.5 s)
+    from torch.distributed.checkpoint import state_dict as dcp
+
     start_step, elapsed_before, evals_done = 0, 0.0, False
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        for optimizer, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
+        full = dcp.StateDictOptions(full_state_dict=True)
+        dcp.set_model_state_dict(raw_model, ckpt["model"], options=full)
+        dcp.set_optimizer_state_dict(raw_model, optimizers, ckpt["optimizer"], options=full)
         if scaler and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         start_step, elapsed_before, evals_done = ckpt["step"], ckpt["elapsed"], ckpt["evals_done"]
@@ -1198,8 +1285,10 @@ def train(args):
     def save_checkpoint(step, evals_done):
         """Rank 0 writes model_{step}.pt atomically; a failed write is every rank's error, and
         the earlier checkpoints stay as they were."""
-        state = {"model": raw_model.state_dict(),  # no _orig_mod. / module. prefixes
-                 "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+        # gathered to rank 0 under --fsdp: a collective, every rank is here
+        full = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = {"model": dcp.get_model_state_dict(raw_model, options=full),
+                 "optimizer": dcp.get_optimizer_state_dict(raw_model, optimizers, options=full),
                  "scaler": scaler.state_dict() if scaler else None, "step": step,
                  "evals_done": evals_done,  # the evaluations of `step` ran before this save
                  "config": asdict(model_config), "args": dict(vars(args)), "elapsed": elapsed(),
@@ -1278,7 +1367,7 @@ def train(args):
             log.print(f"step {step:5d} | hellaswag {result['num_correct_norm']}/"
                       f"{result['examples']} acc_norm {last_hella:.4f} acc {result['acc']:.4f}")
             log.record(step, hella=last_hella, hella_acc=result["acc"])
-        if due["samples"] and master:  # one rank is enough
+        if due["samples"] and (master or args.fsdp):  # one rank is enough, unless sharded
             texts = generate_samples(raw_model, enc, args, step, device, amp)
             task_seconds["samples"], t0 = time.time() - t0, time.time()
             for i, text in enumerate(texts):
@@ -1300,8 +1389,10 @@ def train(args):
             x, y = loader.batch(step, micro_step)
             x, y = to_device(x, device, static=True), to_device(y, device, static=True)
             # DDP must know BEFORE the forward whether this backward all-reduces the gradients:
-            # only the last micro-step's does (build-nanogpt PR #30 fixed this ordering bug)
-            sync = micro_step == grad_accum - 1 or not dist.is_initialized()
+            # only the last micro-step's does (build-nanogpt PR #30 fixed this ordering bug).
+            # FSDP reduce-scatters every micro-step: else each GPU would hold whole gradients
+            ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+            sync = micro_step == grad_accum - 1 or not ddp
             with contextlib.nullcontext() if sync else model.no_sync():
                 with amp:
                     _, loss = model(x, y)
@@ -1313,6 +1404,7 @@ def train(args):
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
+        norm = norm.full_tensor() if args.fsdp else norm  # FSDP's is a distributed tensor
         factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio)
         for optimizer, peak_lr in zip(optimizers, peak_lrs):
             for group in optimizer.param_groups:
@@ -1347,7 +1439,7 @@ def train(args):
     if args.benchmark:
         result = speed_figures(step_times, args.total_batch, flops, peak, device, compile_model,
                                world_size)
-        log.print(json.dumps(result | dict(
+        log.print(json.dumps(result | dict(estimate_gib=round(sum(estimate), 2),
             gpu=device_name(device), world_size=world_size, dtype=dtype, compile=compile_model,
             arch=args.arch, optimizer=args.optimizer, n_params=n_params,
             micro_batch=args.micro_batch, seq_len=args.seq_len, total_batch=args.total_batch,

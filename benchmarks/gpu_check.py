@@ -233,6 +233,8 @@ GPU_ESTIMATES = {
     # build-nanogpt's one-example loop over 10,042 examples (101 s on an H100), then the batched
     # evaluator: its compile and its pass
     "hellaswag": STARTUP_S + 100 + COMPILE_S + 15,
+    # gpt2-xl has 4x the layers of 124M to compile, and 12x the FLOPs per token
+    "xl": STARTUP_S + 3 * COMPILE_S + 30,
 }
 
 GPU = Profile(
@@ -258,7 +260,7 @@ SMOKE = Profile(
                val_every=4, val_tokens=1024, hellaswag_every=6, hellaswag_limit=8, sample_every=6,
                num_samples=1, sample_tokens=8),
     stop_after=2,
-    estimates={"env": 2, "ours": 4, "reference": 4, "hellaswag": 8, "train": 25},  # a loaded 2-core VM
+    estimates={"env": 2, "ours": 4, "reference": 4, "hellaswag": 8, "train": 25, "xl": 4},  # a loaded 2-core VM
 )
 
 GROUPS = ("matrix", "hellaswag", "train")
@@ -289,6 +291,12 @@ def build_plan(p):
         return Part(f"reference-b{batch}", "matrix", "reference", cmd,
                     info=dict(impl="reference", arch="gpt2", micro_batch=batch))
 
+    def xl(batch):  # does gpt2-xl with activation checkpointing fit one card, and how fast (smoke: tiny)
+        cmd = [py, "train_gpt2.py", "--benchmark", "--model", "gpt2-xl", "--activation_checkpointing", "1",
+               "--micro_batch", str(batch), *common]
+        return Part(f"matrix-xl-ac-b{batch}", "matrix", "xl", cmd,
+                    info=dict(impl="ours-xl", arch="gpt2-xl, activation checkpointing", micro_batch=batch))
+
     t = p.train
     train_cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt2.py",
                  "--arch", "gpt2", "--seq_len", str(p.seq_len), "--device", p.device, "--dtype", p.dtype,
@@ -303,6 +311,7 @@ def build_plan(p):
         Part("hellaswag", "hellaswag", "hellaswag", [py, "benchmarks/bench_hellaswag.py", *p.hellaswag],
              needs_data=True),
         ours("gpt2", large), reference(large), ours("gpt2", mid), ours("modern", small), ours("modern", large),
+        xl(small),
     ]
 
 

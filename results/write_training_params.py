@@ -191,6 +191,11 @@ def summary_rows(run, summary=None):
         ("final HellaSwag acc_norm", "final_hella"), ("best HellaSwag acc_norm", "best_hella"))]
     resumed = cfg.get("resumed_from") or []
     rows.append(("resumes", f"{len(resumed)}: " + ", ".join(map(str, resumed)) if resumed else "none"))
+    # `train_gpt2.py --resume` may change the schedule mid-run; the rows above show the last values
+    changes = [f"step {c['step']}: {c['setting']} {fmt(c['old'])} -> {fmt(c['new'])}"
+               for c in cfg.get("setting_changes") or []]
+    rows.append(("setting changes", "; ".join(changes) + " (the rows above show the new values)"
+                 if changes else "none"))
     return rows
 
 

@@ -103,13 +103,24 @@ class UniformLM(nn.Module):
     def __init__(self, vocab_size=50257, output="tuple"):
         super().__init__()
         self.vocab_size, self.output = vocab_size, output
-        self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, idx, targets=None):
-        logits = torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy
+        logits = torch.zeros(1, 1, self.vocab_size).expand(*idx.shape, -1)  # a view: no (B, T, V) buffer
         if self.output == "tensor":
             return logits
         return types.SimpleNamespace(logits=logits) if self.output == "object" else (logits, None)
+
+
+class Recorder(nn.Module):
+    """inner, recording the shape of every forward's input."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.shapes = inner, []
+
+    def forward(self, idx):
+        self.shapes.append(tuple(idx.shape))
+        return self.inner(idx)
 
 
 class BigramOracle(nn.Module):
@@ -224,9 +235,7 @@ def test_count_truncated(examples):
     assert hellaswag.count_truncated(examples, None) == 0
     assert hellaswag.count_truncated(examples, max(longest)) == 0
     assert hellaswag.count_truncated(examples, max(longest) - 1) == longest.count(max(longest))
-    assert hellaswag.count_truncated(examples, SMALL_MAX_LEN) == sum(n > SMALL_MAX_LEN for n in longest)
-    # the byte-count shortcut agrees with tokenizing (a token covers at least one byte)
-    for max_len in (16, 20, 30, 40, 60, 100):
+    for max_len in (SMALL_MAX_LEN, 16, 100):
         assert hellaswag.count_truncated(examples, max_len) == sum(n > max_len for n in longest), max_len
 
 
@@ -275,14 +284,22 @@ def test_batched_matches_reference(examples, tiny_model, reference):
 
 
 def test_batched_is_independent_of_batch_size_and_chunking(examples, tiny_model, reference):
-    def check(sub, **kw):
-        got = hellaswag.evaluate(tiny_model, examples[sub], "cpu", return_predictions=True, **kw)
+    def check(sub, batch_size, multiple, loss_chunk):
+        model = Recorder(tiny_model)
+        got = hellaswag.evaluate(model, examples[sub], "cpu", batch_size=batch_size, bucket_multiple=multiple,
+                                 loss_chunk=loss_chunk, return_predictions=True)
         want = reference["predictions"][sub]
         assert [p[1:] for p in got["predictions"]] == [p[1:] for p in want]
+        # full batches of 4 * batch_size rows, longest first, lengths rounded up to the multiple:
+        # few shapes for torch.compile
+        lengths, Ts = row_lengths(examples[sub]), [T for _, T in model.shapes]
+        assert model.shapes == [(4 * batch_size, T) for T in Ts] and len(Ts) == -(-len(lengths) // (4 * batch_size))
+        assert Ts == sorted(Ts, reverse=True) and Ts[0] == -(-max(lengths) // multiple) * multiple
+        assert all(T % multiple == 0 for T in Ts)
     # the GPU's bucketing and one fp32 cross-entropy chunk per batch, on the short rows: the
     # (rows, T, vocab) logits of a tiny model on long rows would be ~1 GB per batch on CPU
-    check(slice(0, 16), batch_size=4, bucket_multiple=32, loss_chunk=4096)
-    check(slice(1, None, 3), batch_size=1, bucket_multiple=16, loss_chunk=7)  # long rows too
+    check(slice(0, 16), batch_size=4, multiple=32, loss_chunk=4096)
+    check(slice(1, None, 3), batch_size=1, multiple=16, loss_chunk=7)  # long rows too
 
 
 def test_truncated_rows_batched_matches_reference(second_half, tiny_model, reference, reference_cut):
@@ -292,8 +309,11 @@ def test_truncated_rows_batched_matches_reference(second_half, tiny_model, refer
     if HAVE_REAL:  # and some endings alone are longer than max_len (position 0 then unscored)
         assert any(len(e) > SMALL_MAX_LEN for ex in exs for e in hellaswag.tokenize_example(ex)[1])
     # batch_size 5 does not divide 24 (or 6): the last batch gets dummy rows
-    got = hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=5, max_len=SMALL_MAX_LEN, return_predictions=True)
+    model = Recorder(tiny_model)
+    got = hellaswag.evaluate(model, exs, "cpu", batch_size=5, max_len=SMALL_MAX_LEN, bucket_multiple=32,
+                             return_predictions=True)
     _same_result(got, reference_cut)
+    assert model.shapes[0] == (20, SMALL_MAX_LEN)  # the rounded-up length is capped at max_len
     assert got["examples"] == reference_cut["examples"] == len(exs)  # every example still scored
     uncut = [p[1:] for p in reference["predictions"][-len(exs):]]
     assert [p[1:] for p in reference_cut["predictions"]] != uncut  # the cut really changed the input
@@ -313,9 +333,6 @@ def test_model_block_size_is_the_default_max_len(examples):
     assert hellaswag.model_max_len(types.SimpleNamespace()) is None  # no config: no limit
     hf_config = types.SimpleNamespace(n_positions=None, max_position_embeddings=64)
     assert hellaswag.model_max_len(types.SimpleNamespace(config=hf_config)) == 64
-    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        with pytest.raises(hellaswag.HellaSwagError, match="max_len"):
-            fn(model, exs, "cpu", max_len=1)
 
 
 def test_training_mode_restored(tiny_model):
@@ -327,42 +344,6 @@ def test_training_mode_restored(tiny_model):
         tiny_model.eval()
         fn(tiny_model, exs, "cpu")
         assert not tiny_model.training
-
-
-BAD_EXAMPLES = [
-    ('"label" is ""', lambda ex: dict(ex, label="")),
-    ('"label" is "2"', lambda ex: dict(ex, label="2")),  # a string, not the number
-    ('"label" is 4', lambda ex: dict(ex, label=4)),
-    ('no "label"', lambda ex: {k: v for k, v in ex.items() if k != "label"}),
-    ('"endings" is .*expected a list of 4 strings', lambda ex: dict(ex, endings=ex["endings"][:3])),
-    ('"endings" is "one two', lambda ex: dict(ex, endings="one two three four")),
-    ('no "ctx"', lambda ex: {k: v for k, v in ex.items() if k != "ctx"}),
-    ('"ctx" is "", expected a non-empty string', lambda ex: dict(ex, ctx="")),
-    ("is not a JSON object", lambda ex: list(ex.values())),
-]
-
-
-@pytest.mark.parametrize("message,corrupt", BAD_EXAMPLES, ids=[f"{i}-{m}" for i, (m, _) in enumerate(BAD_EXAMPLES)])
-def test_bad_in_memory_example_refused_by_both_evaluators(tiny_model, message, corrupt):
-    exs = fixture_examples()[:3]
-    exs[2] = corrupt(exs[2])
-    errors = []
-    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        with pytest.raises(hellaswag.HellaSwagError, match=message) as err:
-            fn(tiny_model, exs, "cpu")
-        errors.append(str(err.value))
-    assert errors[0] == errors[1] and "example 2" in errors[0]
-
-
-def test_bad_autocast_batch_size_and_world_size(tiny_model):
-    exs = fixture_examples()[:1]
-    for fn in (hellaswag.evaluate, hellaswag.evaluate_reference):
-        with pytest.raises(hellaswag.HellaSwagError, match="autocast must be a context manager"):
-            fn(tiny_model, exs, "cpu", autocast=torch.bfloat16)  # a dtype, not a context
-    with pytest.raises(hellaswag.HellaSwagError, match="batch size"):
-        hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=0)
-    with pytest.raises(hellaswag.HellaSwagError, match="torch.distributed"):
-        hellaswag.evaluate(tiny_model, exs, "cpu", rank=1, world_size=2)
 
 
 def test_autocast_is_entered_around_each_forward(tiny_model):
@@ -385,30 +366,16 @@ def test_empty_example_list(tiny_model):
     assert res["examples"] == 0 and res["acc_norm"] == 0.0
 
 
-def test_plan_batches_few_fixed_shapes(examples):
-    lengths = row_lengths(examples)
-    batches = hellaswag.plan_batches(lengths, rows_per_batch=32, multiple=32, cap=1024)
-    seen = sorted(int(r) for ids, _ in batches for r in ids)
-    assert seen == list(range(len(lengths)))  # every row exactly once
-    for ids, T in batches:
-        assert len(ids) <= 32 and T % 32 == 0 and max(lengths[r] for r in ids) <= T
-    assert all(len(ids) == 32 for ids, _ in batches[:-1])
-    assert [T for _, T in batches] == sorted((T for _, T in batches), reverse=True)  # longest first
-    assert len({T for _, T in batches}) <= 6  # HellaSwag rows are 14..166 tokens: buckets 32..192
-    # rounded up to the multiple, capped at max_len
-    planned = hellaswag.plan_batches([33, 64, 200], 1, 32, cap=180)
-    assert [(ids.tolist(), T) for ids, T in planned] == [([2], 180), ([1], 64), ([0], 64)]
-
-
 def test_compiled_model_same_predictions_few_compiles(tiny_model):
     from torch._dynamo.testing import CompileCounter
     torch._dynamo.reset()
     exs = fixture_examples()
-    eager = hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
+    recorder = Recorder(tiny_model)
+    eager = hellaswag.evaluate(recorder, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
     counter = CompileCounter()  # a torch.compile backend that runs the graph eagerly and counts compiles
     compiled = torch.compile(tiny_model, backend=counter)
     res = hellaswag.evaluate(compiled, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
-    n_shapes = len({T for _, T in hellaswag.plan_batches(row_lengths(exs), 8, 16)})
+    n_shapes = len(set(recorder.shapes))
     assert n_shapes >= 3  # the test really exercises several buckets
     assert res["predictions"] == eager["predictions"]
     # 6 batches, but only a few graphs: one per bucket length at most (dynamo may go dynamic sooner)
@@ -482,10 +449,10 @@ def _ddp_worker(rank, world_size, init_file, exs, out_dir):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return bool(flag.item())
 
-        model = make_tiny_model()
+        model = Recorder(make_tiny_model())
         res = hellaswag.evaluate(model, exs, "cpu", batch_size=1, rank=rank, world_size=world_size,
                                  should_stop=should_stop, return_predictions=True)
-        res["should_stop_calls"] = len(calls)
+        res["should_stop_calls"], res["forwards"] = len(calls), len(model.shapes)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)
     finally:
@@ -505,10 +472,32 @@ def test_ddp_two_gloo_processes_match_single(tmp_path, examples):
         for key in ("examples", "num_correct", "num_correct_norm", "acc", "acc_norm"):
             assert res[key] == single[key], key
         assert res["should_stop_calls"] == 2
+        assert res["forwards"] == K + 1  # rank 1 runs a dummy forward in its last slot (FSDP)
     assert [len(res["predictions"]) for res in per_rank] == [K + 1, K]
     merged = sorted(tuple(p) for res in per_rank for p in res["predictions"])
     assert merged == single["predictions"]
     assert [i for i, _, _ in per_rank[0]["predictions"]] == list(range(0, len(exs), 2))
+
+
+def test_every_rank_calls_the_model_in_every_slot(examples, monkeypatch):
+    """Under FSDP each forward is a collective: a rank out of rows still calls the model, as often as
+    rank 0 (a dummy batch; the DDP test above shows the results unchanged). Ranks simulated in one
+    process, the all-reduce patched out."""
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: None)  # each keeps its own
+    exs = examples[:7]
+    # 3 ranks: rank 0 has 3 examples (2 batches of 8 rows), ranks 1 and 2 have 2 (one batch);
+    # 8 ranks: rank 7 has none at all
+    for world_size, n_slots in ((3, 2), (8, 1)):
+        n_examples = 0
+        for rank in range(world_size):
+            model = Recorder(UniformLM())
+            res = hellaswag.evaluate(model, exs, "cpu", batch_size=2, rank=rank, world_size=world_size)
+            n_examples += res["examples"]
+            assert len(model.shapes) == n_slots, (world_size, rank, model.shapes)
+            if world_size == 3 and rank > 0:
+                assert model.shapes[1] == model.shapes[0]  # the dummy has its last real batch's shape
+        assert n_examples == len(exs)
 
 
 # -----------------------------------------------------------------------------
@@ -533,9 +522,6 @@ def test_present_cache_file_never_touches_network(tmp_path, monkeypatch):
     # the default dir is $HELLASWAG_DIR
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path))
     assert len(hellaswag.load_examples("val", limit=3)) == 3
-    for bad in (0, -1):
-        with pytest.raises(hellaswag.HellaSwagError, match="limit must be >= 1"):
-            hellaswag.load_examples("val", limit=bad)
 
 
 def test_default_dir_is_beside_the_script(monkeypatch):
@@ -645,18 +631,20 @@ def _without(key):
 
 
 # (id, file text maker, line named in the message or None, words the message must contain)
+ENDINGS = '"endings" must be a list of 4 strings'
 BAD_FILES = [
-    ("missing-ctx", _edit(3, _without("ctx")), 3, 'no "ctx" key'),
-    ("endings-not-a-list", _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))), 5,
-     '"endings" is "a b c d", expected a list of 4 strings'),
-    ("three-endings", _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))), 7,
-     'expected a list of 4 strings'),
+    ("missing-ctx", _edit(3, _without("ctx")), 3, '"ctx" must be a non-empty string'),
+    ("empty-ctx", _edit(8, lambda ex: json.dumps(dict(ex, ctx=""))), 8, '"ctx" must be a non-empty string'),
+    ("endings-not-a-list", _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))), 5, ENDINGS),
+    ("three-endings", _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))), 7, ENDINGS),
     ("ending-not-a-string", _edit(2, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3] + [7]))), 2,
-     '"endings" is ["'),
-    ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "is not a JSON object"),
+     ENDINGS),
+    ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "not a JSON object"),
     ("invalid-json", _edit(9, lambda ex: json.dumps(ex)[:-5]), 9, "not valid JSON"),
-    ("label-out-of-range", _edit(6, lambda ex: json.dumps(dict(ex, label=7))), 6, '"label" is 7'),
-    ("missing-label", _edit(11, _without("label")), 11, 'no "label" key'),
+    ("label-out-of-range", _edit(6, lambda ex: json.dumps(dict(ex, label=7))), 6,
+     '"label" must be the number 0, 1, 2 or 3'),
+    ("label-a-string", _edit(10, lambda ex: json.dumps(dict(ex, label="2"))), 10, '"label" must be'),
+    ("missing-label", _edit(11, _without("label")), 11, '"label" must be'),
     ("not-utf8", lambda: ("\n".join(_good_lines()[:2]) + "\n").encode() + b"\xff\n", 3, "not UTF-8"),
     ("empty-file", lambda: "", None, "holds no examples"),
     ("blank-lines-only", lambda: "\n  \n\n", None, "holds no examples"),
@@ -756,7 +744,7 @@ def test_hellaswag_does_not_import_train_gpt2():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_cli_exported_model_end_to_end(exported, data_dir, capsys):
+def test_cli_exported_model_end_to_end(exported, data_dir):
     proc = _cli("--model", exported, "--data_dir", data_dir, "--device", "cpu", "--batch_size", "5")
     out = _last_json(proc)
     # the same model in this process, loaded as the CLI loads it: n_positions 32 is the max_len
@@ -767,14 +755,7 @@ def test_cli_exported_model_end_to_end(exported, data_dir, capsys):
     assert out["acc_norm"] == expected["acc_norm"] and out["acc"] == expected["acc"]
     batched = hellaswag.evaluate(model, fixture_examples(), "cpu", batch_size=5, return_predictions=True)
     assert batched["predictions"] == expected["predictions"]  # a transformers model: same picks
-    n_cut = hellaswag.count_truncated(fixture_examples(), 32)
-    assert n_cut > 0 and f"note: {n_cut} of 12 examples have rows longer than the block size 32" in proc.stdout
-    # --reference, same numbers (in this process: the subprocess above already covers start-up)
-    code, stdout, _ = _main(capsys, "--model", exported, "--data_dir", data_dir, "--device", "cpu",
-                            "--reference", "--dtype", "fp32", "--limit", "12")
-    assert code == 0
-    ref = json.loads(stdout.strip().splitlines()[-1])
-    assert ref["acc_norm"] == out["acc_norm"] and ref["acc"] == out["acc"]
+    assert hellaswag.count_truncated(fixture_examples(), 32) > 0  # rows cut to the block size too
 
 
 def test_cli_bad_input_in_a_real_process(tmp_path, data_dir):
@@ -789,8 +770,6 @@ def test_cli_bad_file_one_error_line(tmp_path, capsys, make, line_no, words):
     d, path = _write_bad(tmp_path, make)
     code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu")
     _assert_one_error_line(code, err, str(path), words, *((f"line {line_no}:",) if line_no else ()))
-    code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu", "--reference")
-    _assert_one_error_line(code, err, str(path), words)  # --reference refuses exactly the same files
 
 
 def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
@@ -800,11 +779,11 @@ def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
     (tmp_path / "bad_config").mkdir()
     (tmp_path / "bad_config" / "config.json").write_text("{not json")
     cpu = ("--data_dir", data_dir, "--device", "cpu")
-    export_hint = ("not a transformers model folder", "train_gpt2.py --export")
+    export_hint = ("cannot load it", "train_gpt2.py --export")
     cases = [
         (("--model", str(checkpoint), *cpu), export_hint),  # our .pt files are exported first
         (("--model", str(tmp_path / "no_config"), *cpu), export_hint),
-        (("--model", str(tmp_path / "bad_config"), *cpu), ("cannot load it", "bad_config")),
+        (("--model", str(tmp_path / "bad_config"), *cpu), ("cannot load it", "bad_config", *export_hint)),
         (("--model", exported, "--checkpoint", str(checkpoint), *cpu), ("unrecognized arguments",)),
         (("--model", "gpt2", "--split", "dev", "--data_dir", data_dir), ("--split",)),
         (("--model", "gpt2", "--split", "test", "--data_dir", data_dir), ("--split",)),

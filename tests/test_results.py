@@ -58,6 +58,7 @@ def make_config(log_dir, **overrides):
         "n_params": 3_354_752, "world_size": 2, "grad_accum_steps": 1,
         "device_name": "NVIDIA H100 80GB HBM3", "n_gpus": 2, "torch_version": "2.13.0+cu128",
         "started_at": "2026-01-02T03:04:05", "resumed_from": ["/ckpt/run_a/model_00025.pt"],
+        "setting_changes": [{"step": 25, "setting": "max_steps", "old": 40, "new": 50}],
         "tokens_per_step": 256, "train_tokens": 7_000, "val_tokens_used": 2048,
     }
     config.update(overrides)
@@ -246,6 +247,11 @@ def check_writeup(md_path, log_path, config):
             assert step == e[key][0] and value == pytest.approx(e[key][1], abs=5e-5), row
     resumed = config.get("resumed_from") or []
     assert rows["resumes"] == (f"{len(resumed)}: " + ", ".join(resumed) if resumed else "none")
+    changes = config.get("setting_changes") or []
+    for c in changes:  # made on purpose with --resume: the write-up says when, from what, to what
+        assert f"step {c['step']}: {c['setting']} {c['old']} -> {c['new']}" in rows["setting changes"]
+    if not changes:
+        assert rows["setting changes"] == "none"
     unfinished = re.search(r"The log ends after step ([\d,]+) of ([\d,]+)", md)
     if e["steps"] < config["max_steps"]:
         assert unfinished and unfinished.groups() == (f"{e['steps']:,}", f"{config['max_steps']:,}")
@@ -262,8 +268,9 @@ def check_writeup(md_path, log_path, config):
                config["max_lr"] * config["min_lr_ratio"], e["epochs"], e["steps"]}
     for _, v in flat_config(config):
         for x in (v if isinstance(v, list) else [v]):
-            if isinstance(x, (int, float)) and not isinstance(x, bool):
-                allowed.add(x)
+            for y in (x.values() if isinstance(x, dict) else [x]):  # setting_changes: dicts
+                if isinstance(y, (int, float)) and not isinstance(y, bool):
+                    allowed.add(y)
     for name in ("train", "val", "hella"):
         allowed.update(raw_streams(log_path).get(name, {}))  # steps
     for key in ("final_train", "final_val", "best_val", "final_hella", "best_hella"):
@@ -435,7 +442,7 @@ def test_notebook_is_stored_without_outputs():
 def test_notebook_on_synthetic_resumed_and_partial_logs(tmp_path, monkeypatch):
     config = make_synthetic_run(tmp_path / "run_a")
     write_log(tmp_path / "run_b" / "log.txt", "0 train 10.9\n1 train 10.1\n2 tra")  # no config, cut off
-    printed = run_notebook(monkeypatch, f"{tmp_path}/run_a/log.txt,{tmp_path}/run_b:{tmp_path}/missing", tmp_path / "out")
+    printed = run_notebook(monkeypatch, f"{tmp_path}/run_a/log.txt:{tmp_path}/run_b:{tmp_path}/missing", tmp_path / "out")
     check_png(tmp_path / "out" / "loss_compare.png")
     assert "skipping" in printed and "missing" in printed and "no config.json" in printed
     e = expected_numbers(raw_streams(tmp_path / "run_a" / "log.txt"), config)

@@ -1,0 +1,181 @@
+"""
+--fsdp (FSDP2 sharding) and --activation_checkpointing, on CPU: gloo, torchrun with 2 processes,
+the tiny model of the other trainer tests, fp32.
+
+  * FSDP trains like DDP: the same losses within 1e-5, the same final weights;
+  * an FSDP run continued by the same command from a checkpoint equals the uninterrupted one bit
+    for bit;
+  * checkpoints are one file in one format: a DDP checkpoint continues under --fsdp, an FSDP
+    checkpoint exports to transformers with the same logits;
+  * each rank holds about 1/world of the parameter and optimizer-state elements;
+  * activation checkpointing gives the same loss and gradients and saves fewer activations.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_gpt2 as tg
+from helpers import TINY, write_hellaswag_dir, write_shards
+from test_trainer import REPO, checkpoints, cli_env, ok, record_map, records, run_cli, state_dicts_equal
+
+# samples and HellaSwag too: under FSDP every rank must join every forward (5 examples in batches
+# of 2 over 2 ranks: rank 1 has a slot with nothing to score)
+FSDP_ARGS = ["--checkpoint_every", "2", "--sample_every", "3", "--num_samples", "1", "--sample_tokens", "4",
+             "--hellaswag_every", "3", "--hellaswag_limit", "5", "--hellaswag_batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    data = write_shards(root / "data")
+    env = cli_env(write_hellaswag_dir(root / "hellaswag", n=8))
+    yield {"root": root, "data": data, "env": env}
+    for ckpt in root.rglob("model_*.pt"):
+        ckpt.unlink()
+
+
+def run_args(work, name, *extra):
+    return [*TINY, "--data_dir", work["data"], "--log_dir", work["root"] / name, *FSDP_ARGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def ddp(work):
+    ok(run_cli(work["env"], *run_args(work, "ddp"), ddp=True))
+    return work["root"] / "ddp"
+
+
+@pytest.fixture(scope="module")
+def fsdp(work):
+    ok(run_cli(work["env"], *run_args(work, "fsdp", "--fsdp", "1"), ddp=True))
+    return work["root"] / "fsdp"
+
+
+def test_fsdp_trains_like_ddp(ddp, fsdp):
+    a, b = record_map(ddp, names=("train", "val", "hella")), record_map(fsdp, names=("train", "val", "hella"))
+    assert set(a) == set(b) and {(s, "train") for s in range(6)} <= set(a)
+    for key in sorted(a):
+        assert abs(float(a[key]) - float(b[key])) < 1e-5, f"{key}: DDP {a[key]}, FSDP {b[key]}"
+    assert (fsdp / "samples.txt").read_text() == (ddp / "samples.txt").read_text()
+    mine, ref = (torch.load(d / "model_00006.pt", map_location="cpu", weights_only=True) for d in (fsdp, ddp))
+    assert mine["model"].keys() == ref["model"].keys()  # one format: full weights,
+    assert mine["optimizer"]["state"].keys() == ref["optimizer"]["state"].keys()  # state by name
+    for k in ref["model"]:
+        assert torch.allclose(mine["model"][k], ref["model"][k], atol=1e-5), k
+
+
+def continue_from(work, source, name, step, *extra):
+    """A copy of a finished run's log dir as a kill at `step` leaves it (the later checkpoints
+    gone, log.txt still holding records past it), continued by the same command (+ extra)."""
+    log_dir = work["root"] / name
+    shutil.copytree(source, log_dir)
+    for ckpt in checkpoints(log_dir):
+        if int(ckpt[6:11]) > step:
+            (log_dir / ckpt).unlink()
+    proc = ok(run_cli(work["env"], *run_args(work, name, *extra), ddp=True))
+    assert f"continuing from {log_dir / f'model_{step:05d}.pt'}" in proc.stdout
+    return log_dir
+
+
+def test_fsdp_run_continues_exactly(work, fsdp):
+    log_dir = continue_from(work, fsdp, "fsdp_continued", 2, "--fsdp", "1")
+    assert records(log_dir, names=("train", "val", "hella")) == records(fsdp, names=("train", "val", "hella"))
+    mine, ref = (torch.load(d / "model_00006.pt", map_location="cpu", weights_only=True) for d in (log_dir, fsdp))
+    assert state_dicts_equal(mine["model"], ref["model"])
+    for k in ref["optimizer"]["state"]:
+        assert state_dicts_equal(mine["optimizer"]["state"][k], ref["optimizer"]["state"][k])
+
+
+def test_ddp_checkpoint_continues_under_fsdp(work, ddp):
+    log_dir = continue_from(work, ddp, "ddp_then_fsdp", 2, "--fsdp", "1")
+    a, b = record_map(ddp), record_map(log_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert abs(float(a[key]) - float(b[key])) < 1e-5, f"{key}: DDP {a[key]}, continued under FSDP {b[key]}"
+
+
+def test_fsdp_checkpoint_exports_with_the_same_logits(work, fsdp, capsys):
+    from transformers import GPT2LMHeadModel
+
+    out = work["root"] / "fsdp_hf"
+    assert tg.main(["--export", str(fsdp / "model_00006.pt"), "--export_dir", str(out)]) == 0
+    saved = torch.load(fsdp / "model_00006.pt", map_location="cpu", weights_only=True)
+    ours = tg.GPT(tg.GPTConfig(**saved["config"])).eval()
+    ours.load_state_dict(saved["model"])
+    idx = torch.randint(0, tg.GPT2_VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = GPT2LMHeadModel.from_pretrained(out).eval()(idx).logits
+        mine, _ = ours(idx)
+    assert (theirs - mine[..., :tg.GPT2_VOCAB]).abs().max().item() < 1e-4
+
+
+SHARD_COUNTS = """
+import json, sys, torch, torch.distributed as dist
+import train_gpt2 as tg
+dist.init_process_group("gloo")
+args = tg.get_args(sys.argv[1:]); tg.resolve_defaults(args, dist.get_world_size())
+model = tg.GPT(tg.model_config_from_args(args))
+tg.shard_model(model, "fp32")
+optimizers, _ = tg.configure_optimizers(model, args, "cpu")
+_, loss = model(*torch.randint(0, 50257, (2, 2, 16)))
+loss.backward()
+for optimizer in optimizers:
+    optimizer.step()
+local = lambda t: t.to_local().numel()
+muon = {id(p) for p in optimizers[1].param_groups[0]["params"]}
+print(json.dumps({
+    "rank": dist.get_rank(), "total": sum(p.numel() for p in model.parameters()),
+    "params": sum(local(p) for p in model.parameters()),
+    "states": sum(local(v) for o in optimizers for s in o.state.values() for v in s.values() if v.dim()),
+    # AdamW keeps two moments a parameter, Muon one, each for this rank's share only
+    "expected_states": sum(local(p) * (1 if id(p) in muon else 2) for p in model.parameters())}))
+dist.destroy_process_group()
+"""
+
+
+def test_each_rank_holds_half_of_the_parameters_and_optimizer_states(work):
+    script = work["root"] / "shard_counts.py"
+    script.write_text(SHARD_COUNTS)
+    proc = ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script), "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64",
+                              "--optimizer", "muon", "--arch", "modern"], cwd=REPO,
+                             env=work["env"] | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300))
+    counts = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(counts) == 2
+    for c in counts:  # FSDP pads a tensor whose first dim is odd by less than a row
+        assert abs(c["params"] / c["total"] - 0.5) < 0.01, c
+        assert c["states"] == c["expected_states"], c
+    print(counts)
+
+
+def saved_bytes(model, x, y):
+    """Bytes autograd keeps for the backward of one training forward."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        _, loss = model(x, y)
+    return loss, sum(saved)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_activation_checkpointing_same_math_less_memory(arch):
+    torch.manual_seed(0)
+    # a small vocab, so that the logits (which checkpointing does not touch) do not hide the blocks
+    model = tg.GPT(tg.GPTConfig(arch=arch, block_size=64, vocab_size=256, n_layer=4, n_head=2, n_embd=64))
+    x, y = torch.randint(0, 256, (2, 4, 64))
+    results = []
+    for on in (False, True):
+        model.activation_checkpointing = on
+        model.zero_grad()
+        loss, saved = saved_bytes(model, x, y)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()], saved))
+    (loss0, grads0, saved0), (loss1, grads1, saved1) = results
+    assert loss1 == loss0
+    assert all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+    # what is left: one input per block, and the final norm, the logits and the loss
+    assert saved1 < 0.3 * saved0, (saved0, saved1)
