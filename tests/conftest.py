@@ -16,3 +16,15 @@ for var, folder in (("TIKTOKEN_CACHE_DIR", "tiktoken_cache"), ("HELLASWAG_DIR", 
     if (SHARED_DATA / folder).is_dir():
         os.environ.setdefault(var, str(SHARED_DATA / folder))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every subprocess too
+
+# pytest-xdist (--dist loadfile, --no-loadscope-reorder in pytest.ini) hands whole test files to the
+# two workers in collection order. Longest first (seconds on CI's 2 cores, roughly): left to sort by
+# name or by test count, test_trainer.py (a third of the suite) started last and kept one worker
+# busy for ~20 s after the other had finished.
+LONGEST_FIRST = ("test_trainer.py", "test_fsdp.py", "test_gpu_check.py", "test_fineweb.py",
+                 "test_hellaswag.py", "test_readme.py", "test_results.py", "test_compile.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order

@@ -357,7 +357,7 @@ def test_killed_rank_is_restarted_and_the_run_continues_to_its_end(work):
     it again, and the same command continues from the last checkpoint to the end; nothing is
     logged twice and the checkpoints written before the kill are untouched."""
     log_dir = work["root"] / "dead_rank"
-    args = [*TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "20", "--val_every", "0",
+    args = [*TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "24", "--val_every", "0",
             "--checkpoint_every", "4"]
     out_path = work["root"] / "dead_rank.out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=1", "--nproc_per_node=2",
@@ -376,11 +376,11 @@ def test_killed_rank_is_restarted_and_the_run_continues_to_its_end(work):
                 proc.kill()
     text = out_path.read_text()
     assert proc.returncode == 0, text[-5000:]
-    assert "continuing from" in text and "done: 20 steps" in text
+    assert "continuing from" in text and "done: 24 steps" in text
     after = snapshot(log_dir)
     assert all(after[name] == v for name, v in before.items()), "a checkpoint written before the kill changed"
     steps = [s for s, n, _ in records(log_dir, names=("train",))]
-    assert steps == list(range(20)), "a step is missing or logged twice"
+    assert steps == list(range(24)), "a step is missing or logged twice"
 
 
 def worker_pids(parent):
@@ -719,6 +719,33 @@ def test_failed_checkpoint_write_keeps_earlier_ones_and_says_so(work, capsys, mo
     assert torch.load(log_dir / "model_00002.pt", map_location="cpu", weights_only=True)["step"] == 2
 
 
+def test_interrupt_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_one(work, capsys, monkeypatch):
+    """A second Ctrl-C lands while the second checkpoint is being written: one line, exit 130,
+    the first checkpoint whole and no temp file left."""
+    log_dir = work["root"] / "ctrl_c"
+    real_save = torch.save
+
+    def save(obj, path):
+        if Path(path).parent == log_dir and list(log_dir.glob("model_*.pt")):
+            Path(path).write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(tg.torch, "save", save)
+    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--checkpoint_every", "2")
+    assert code == 130 and err.count("\n") == 1 and err.startswith("error: interrupted"), err
+    assert checkpoints(log_dir) == ["model_00002.pt"] and not list(log_dir.glob("*.tmp"))
+
+
+def test_settings_that_would_silently_waste_a_run_are_warned_about(work, capsys):
+    log_dir = work["root"] / "warnings"
+    code, out, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "2",
+                              "--warmup_steps", "2", "--val_every", "2", "--val_tokens", "100000")
+    assert code == 0
+    assert "warning: --warmup_steps 2 >= --max_steps 2: the LR never reaches its peak" in err
+    assert "warning: --val_tokens 100,000 is more than the val shards hold; validating on all 4,992" in out
+
+
 def test_out_of_memory_is_one_line_naming_the_micro_batch(work, capsys, monkeypatch):
     log_dir = work["root"] / "oom"
 
@@ -832,9 +859,8 @@ def test_export_loads_in_transformers_with_same_logits(work, reference, capsys):
 
     ckpt = reference / "model_00006.pt"
     out = work["root"] / "exported_hf"
-    proc = ok(subprocess.run([sys.executable, "train_gpt2.py", "--export", str(ckpt), "--export_dir", str(out)],
-                             cwd=REPO, env=work["env"], capture_output=True, text=True, timeout=RUN_TIMEOUT))
-    assert str(out) in proc.stdout
+    code, printed, _ = run_main(capsys, "--export", ckpt, "--export_dir", out)
+    assert code == 0 and str(out) in printed and "GPT2LMHeadModel" in printed
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     ours = tg.GPT(tg.GPTConfig(**saved["config"])).eval()
