@@ -15,8 +15,8 @@ The file reads top to bottom, in the order of the lecture:
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
   6. the arguments;
-  7. the run: devices and processes, then train(): setup, and the loop (evaluation, training
-     step, logging);
+  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), then train(): the setup,
+     and the loop (evaluation, training step, logging);
   8. entry points: --export, main().
 """
 
@@ -1424,7 +1424,8 @@ def train(args):
         step_times.append(dt)
         lr, tok_s = args.max_lr * factor, args.total_batch / dt
         mfu = flops * tok_s / (peak * world_size) if peak else None
-        eta = statistics.mean(step_times[-20:]) * (args.max_steps - step - 1) + sum(
+        # the median: the first step of a process includes minutes of compiling
+        eta = statistics.median(step_times[-20:]) * (args.max_steps - step - 1) + sum(
             s * count_due(every[task], step, args.max_steps) for task, s in task_seconds.items())
         log.print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} "
                   f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
@@ -1439,11 +1440,12 @@ def train(args):
     if args.benchmark:
         result = speed_figures(step_times, args.total_batch, flops, peak, device, compile_model,
                                world_size)
-        log.print(json.dumps(result | dict(estimate_gib=round(sum(estimate), 2),
-            gpu=device_name(device), world_size=world_size, dtype=dtype, compile=compile_model,
-            arch=args.arch, optimizer=args.optimizer, n_params=n_params,
-            micro_batch=args.micro_batch, seq_len=args.seq_len, total_batch=args.total_batch,
-            grad_accum=grad_accum, steps=args.steps, torch=torch.__version__)))
+        result |= dict(estimate_gib=round(sum(estimate), 2), gpu=device_name(device),
+                       world_size=world_size, dtype=dtype, compile=compile_model, arch=args.arch,
+                       optimizer=args.optimizer, n_params=n_params, micro_batch=args.micro_batch,
+                       seq_len=args.seq_len, total_batch=args.total_batch, grad_accum=grad_accum,
+                       steps=args.steps, torch=torch.__version__)
+        log.print(json.dumps(result))
         return 0
     log.record(args.max_steps, elapsed=elapsed())
     log.write_config(config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -169,6 +169,15 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
     assert proc.returncode == 1
 
 
+def run_plan(runner, plan):
+    """Run the parts, close the runner whatever happens -> {part name: its record}."""
+    try:
+        runner.run_all(plan)
+    finally:
+        runner.close()
+    return {r["part"]: r for r in runner.records}
+
+
 def fake_part(name, code, kind="ours"):
     return gpu_check.Part(name, "matrix", kind, [sys.executable, "-c", code],
                           info=dict(impl="ours", arch="gpt2", micro_batch=1))
@@ -186,11 +195,7 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
         fake_part("no-json", "print('done, but no result line')"),
         fake_part("fine", "import json; print('log line'); print(json.dumps({'tokens_per_s': 5.0}))"),
     ]
-    try:
-        runner.run_all(plan)
-    finally:
-        runner.close()
-    rec = {r["part"]: r for r in runner.records}
+    rec = run_plan(runner, plan)
     assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1 and "boom: bad flag" in rec["crash"]["error"]
     assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"] and "timed out" in rec["hang"]["error"]
     assert rec["too-big"]["status"] == "skipped" and "budget" in rec["too-big"]["reason"]
@@ -225,11 +230,7 @@ def test_out_of_memory_is_its_own_status_and_the_plan_goes_on(tmp_path):
         fake_part("other-crash", "import sys; print('12 GiB of memory free'); sys.exit('RuntimeError: shape mismatch')"),
         fake_part("fine", "import json; print(json.dumps({'tokens_per_s': 5.0}))"),
     ]
-    try:
-        runner.run_all(plan)
-    finally:
-        runner.close()
-    rec = {r["part"]: r for r in runner.records}
+    rec = run_plan(runner, plan)
     assert [r["status"] for r in runner.records] == ["oom", "oom", "oom", "failed", "ok"]
     assert rec["trainer-oom"]["error"].splitlines()[0] == TRAINER_OOM
     assert rec["traceback-oom"]["error"].startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
