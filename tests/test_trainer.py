@@ -310,10 +310,6 @@ def test_kill_and_resume_is_exact(work, reference):
     proc = ok(run_cli(work["env"], *args))  # the same command continues the run
     assert f"continuing from {log_dir / killed_at}" in proc.stdout
     assert_resumed_run_equals(log_dir, reference, killed_at)
-    # and once finished, the same command says so and changes nothing
-    before = snapshot(log_dir)
-    proc = ok(run_cli(work["env"], *args))
-    assert "nothing to do" in proc.stdout and snapshot(log_dir) == before
 
 
 def test_sigterm_saves_exits_143_and_resumes_exactly(work, reference_muon):
@@ -653,11 +649,13 @@ def test_error_under_torchrun_is_printed_once(work):
 # --- lost or clobbered work
 
 
-def test_finished_run_resumed_says_so_and_changes_nothing(work, finished, capsys):
+def test_finished_run_run_again_says_so_and_changes_nothing(work, finished, capsys):
+    """The same command after the end (with or without --resume): exit 0, one line, no file touched."""
     before = snapshot(finished)
-    code, out, err = run_main(capsys, *reference_args(work["data"], finished), "--resume")
-    assert code == 0 and err == ""
-    assert "nothing to do" in out and "model_00006.pt" in out and "--max_steps" in out
+    for extra in ([], ["--resume"]):
+        code, out, err = run_main(capsys, *reference_args(work["data"], finished), *extra)
+        assert code == 0 and err == ""
+        assert "nothing to do" in out and "model_00006.pt" in out and "--max_steps" in out
     assert snapshot(finished) == before
 
 
