@@ -477,6 +477,7 @@ def child_env(data_dir):
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
 
+
 def start(cmd, log, env):
     log.write(f"$ {shlex.join(cmd)}\n")
     log.flush()
