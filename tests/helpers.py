@@ -1,9 +1,13 @@
-"""What several test files share: the tiny run every trainer test starts from, and its data."""
+"""What several test files share: the tiny run every trainer test starts from, its data, the
+trainer's command line, and the checks of what a run leaves behind."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import train_gpt2 as tg
 
@@ -55,3 +59,98 @@ def write_hellaswag_dir(out_dir, n=8, lines=None):
             lines = [line for line in f if line.strip()][:n]
     (out_dir / "hellaswag_val.jsonl").write_text("".join(lines), encoding="utf-8")
     return out_dir
+
+
+# -----------------------------------------------------------------------------
+# the trainer's command line
+
+RUN_TIMEOUT = 600  # seconds; generous, the box is shared and noisy
+
+
+def cli_env(hellaswag_dir):
+    env = dict(os.environ)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # never inherit a distributed job
+    env["HELLASWAG_DIR"] = str(hellaswag_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def work_dir(tmp_path_factory, name):
+    """A module's workspace (a generator for a fixture): shards, a HellaSwag dir of 8 rows and the
+    env that points at it; the checkpoints are deleted at the end."""
+    root = tmp_path_factory.mktemp(name)
+    data = write_shards(root / "data")
+    hs = write_hellaswag_dir(root / "hellaswag")
+    yield {"root": root, "data": data, "env": cli_env(hs), "hellaswag": hs}
+    for ckpt in root.rglob("model_*.pt"):  # ~40 MB each; pytest keeps the last few tmp dirs
+        ckpt.unlink()
+
+
+def train_cmd(*args, ddp=False):
+    launcher = [sys.executable]
+    if ddp:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return launcher + ["train_gpt2.py", *[str(a) for a in args]]
+
+
+def run_cli(env, *args, ddp=False, timeout=RUN_TIMEOUT):
+    return subprocess.run(train_cmd(*args, ddp=ddp), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def assert_one_error_line(stderr, returncode, *needles):
+    """The contract for bad input: exit code 1, exactly one stderr line 'error: ...', no traceback."""
+    lines = stderr.splitlines()
+    assert returncode == 1, f"exit {returncode}, stderr:\n{stderr[-5000:]}"
+    assert "Traceback" not in stderr, stderr[-5000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one 'error:' line:\n{stderr[-5000:]}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+# -----------------------------------------------------------------------------
+# what a run leaves behind
+
+
+def records(log_dir, names=("train", "val")):
+    """[(step, name, value-string)] of log.txt, in file order, for the given names."""
+    out = []
+    for line in (Path(log_dir) / "log.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in names:
+            out.append((int(parts[0]), parts[1], parts[2]))
+    return out
+
+
+def record_map(log_dir, names=("train", "val")):
+    return {(s, n): v for s, n, v in records(log_dir, names)}
+
+
+def checkpoints(log_dir):
+    return sorted(p.name for p in Path(log_dir).glob("model_*.pt"))
+
+
+def state_dicts_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def export_logit_gap(ckpt_path, hf_dir):
+    """The largest |logit| difference between a checkpoint and its transformers export (a
+    GPT2LMHeadModel) on two seeded rows of 40 tokens; -> (gap, the export's logits shape)."""
+    from transformers import GPT2LMHeadModel
+
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ours = tg.GPT(tg.GPTConfig(**saved["config"])).eval()
+    ours.load_state_dict(saved["model"])
+    idx = torch.randint(0, tg.GPT2_VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = GPT2LMHeadModel.from_pretrained(hf_dir).eval()(idx).logits
+        mine, _ = ours(idx)
+    return (theirs - mine[..., :tg.GPT2_VOCAB]).abs().max().item(), tuple(theirs.shape)

@@ -111,7 +111,9 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
 
     matrix = [r for r in records if r["group"] == "matrix"]
     assert all(r["result"]["tokens_per_s"] > 0 and r["result"]["gpu"] == "cpu" for r in matrix)
-    assert "x |" in summary  # the ratio to the reference step
+    # the ratio to the reference step at the same micro-batch, in the row of ours
+    row = next(line for line in summary.splitlines() if line.startswith("| matrix-gpt2-b2 |"))
+    assert re.fullmatch(r"\d+\.\d{3}x", row.strip("| ").split(" | ")[6]), row
     xl = next(r for r in records if r["part"].startswith("matrix-xl-ac"))["result"]
     assert xl["estimate_gib"] > 0  # the trainer's memory estimate, beside the measured peak on a GPU
 
@@ -169,10 +171,10 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
     assert proc.returncode == 1
 
 
-def run_plan(runner, plan):
+def run_plan(runner, plan, blocked=None):
     """Run the parts, close the runner whatever happens -> {part name: its record}."""
     try:
-        runner.run_all(plan)
+        runner.run_all(plan, blocked)
     finally:
         runner.close()
     return {r["part"]: r for r in runner.records}
@@ -306,10 +308,7 @@ def test_missing_data_skips_the_parts_that_need_it(tmp_path):
     assert "prepare" in problem
     runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, tmp_path / "out", budget_s=60)
     needy = [p for p in plan if p.needs_data]
-    try:
-        runner.run_all(needy, blocked={p.name: problem for p in needy})
-    finally:
-        runner.close()
+    run_plan(runner, needy, blocked={p.name: problem for p in needy})
     assert {r["group"] for r in runner.records} == {"hellaswag", "train"}
     assert all(r["status"] == "skipped" and "prepare" in r["reason"] for r in runner.records)
     assert_returnable(tmp_path / "out")

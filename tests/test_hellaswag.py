@@ -26,8 +26,7 @@ import torch.nn.functional as F
 
 import hellaswag
 import train_gpt2  # only for a tiny GPT and its export; hellaswag does not import it
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, assert_one_error_line
 
 FIXTURE = REPO / "tests/fixtures/hellaswag_tiny.jsonl"
 HELLASWAG_DIR = os.environ.get("HELLASWAG_DIR")
@@ -704,15 +703,6 @@ def _main(capsys, *args):
     return code, out, err
 
 
-def _assert_one_error_line(code, err, *words):
-    assert code == 1, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-
-
 def _last_json(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -762,14 +752,14 @@ def test_cli_bad_input_in_a_real_process(tmp_path, data_dir):
     """Exit code and stderr of the real entry point (the in-process tests below cover each case):
     the removed --checkpoint flag is one error line too."""
     proc = _cli("--checkpoint", str(tmp_path / "model_00000.pt"), "--data_dir", data_dir, timeout=120)
-    _assert_one_error_line(proc.returncode, proc.stderr, "--model")
+    assert_one_error_line(proc.stderr, proc.returncode, "--model")
 
 
 @pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
 def test_cli_bad_file_one_error_line(tmp_path, capsys, make, line_no, words):
     d, path = _write_bad(tmp_path, make)
     code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu")
-    _assert_one_error_line(code, err, str(path), words, *((f"line {line_no}:",) if line_no else ()))
+    assert_one_error_line(err, code, str(path), words, *((f"line {line_no}:",) if line_no else ()))
 
 
 def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
@@ -797,7 +787,7 @@ def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
     ]
     for args, words in cases:
         code, _, err = _main(capsys, *args)
-        _assert_one_error_line(code, err, *words)
+        assert_one_error_line(err, code, *words)
 
 
 def test_cli_help_one_default_per_flag():

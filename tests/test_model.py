@@ -102,14 +102,6 @@ def test_loss_falls_on_a_tiny_batch(arch):
     assert losses[-1] < losses[0] - 3
 
 
-def saved_for_backward(fn):
-    """(dtype, numel) of every tensor autograd saves while fn() runs."""
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
-        out = fn()
-    return out, saved
-
-
 def test_bf16_loss_is_computed_in_fp32_and_returned_alone():
     """Under bf16 autocast the logits are bf16 but the loss is an fp32 cross-entropy, and the
     forward with targets returns no logits (they would outlive the micro-step)."""

@@ -43,12 +43,10 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import FIXTURE_HELLASWAG, MUON, SEQ_LEN, TINY, TRAIN_LENGTHS, VAL_TOKENS, real_hellaswag_file, \
-    write_hellaswag_dir, write_shards
+from helpers import FIXTURE_HELLASWAG, MUON, REPO, RUN_TIMEOUT, SEQ_LEN, TINY, TRAIN_LENGTHS, VAL_TOKENS, \
+    assert_one_error_line, checkpoints, cli_env, export_logit_gap, ok, real_hellaswag_file, record_map, records, \
+    run_cli, state_dicts_equal, train_cmd, work_dir, write_hellaswag_dir, write_shards
 
-REPO = Path(__file__).resolve().parents[1]
-
-RUN_TIMEOUT = 600  # seconds; generous, the box is shared and noisy
 COMPILE_TIMEOUT = 1500
 
 
@@ -56,53 +54,9 @@ COMPILE_TIMEOUT = 1500
 # helpers
 
 
-def cli_env(hellaswag_dir):
-    env = dict(os.environ)
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # never inherit a distributed job
-    env["HELLASWAG_DIR"] = str(hellaswag_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def train_cmd(*args, ddp=False):
-    launcher = [sys.executable]
-    if ddp:
-        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return launcher + ["train_gpt2.py", *[str(a) for a in args]]
-
-
-def run_cli(env, *args, ddp=False, timeout=RUN_TIMEOUT):
-    return subprocess.run(train_cmd(*args, ddp=ddp), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def start_cli(env, *args, out_path):
     out = open(out_path, "w")
     return subprocess.Popen(train_cmd(*args), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def records(log_dir, names=("train", "val")):
-    """[(step, name, value-string)] of log.txt, in file order, for the given names."""
-    out = []
-    for line in (Path(log_dir) / "log.txt").read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in names:
-            out.append((int(parts[0]), parts[1], parts[2]))
-    return out
-
-
-def record_map(log_dir, names=("train", "val")):
-    return {(s, n): v for s, n, v in records(log_dir, names)}
-
-
-def checkpoints(log_dir):
-    return sorted(p.name for p in Path(log_dir).glob("model_*.pt"))
 
 
 def snapshot(directory):
@@ -118,17 +72,6 @@ def snapshot(directory):
     return snap
 
 
-def assert_one_error_line(stderr, returncode, *needles):
-    """The contract for bad input: exit code 1, exactly one stderr line 'error: ...', no traceback."""
-    lines = stderr.splitlines()
-    assert returncode == 1, f"exit {returncode}, stderr:\n{stderr[-5000:]}"
-    assert "Traceback" not in stderr, stderr[-5000:]
-    assert len(lines) == 1 and lines[0].startswith("error:"), f"stderr is not one 'error:' line:\n{stderr[-5000:]}"
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def assert_user_error(proc, *needles):
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
     return assert_one_error_line(proc.stderr, proc.returncode, *needles)
@@ -140,10 +83,6 @@ def run_main(capsys, *argv):
     code = tg.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def state_dicts_equal(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def assert_same_optimizer_states(a, b):
@@ -159,12 +98,7 @@ def assert_same_optimizer_states(a, b):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer")
-    data = write_shards(root / "data")
-    hs = write_hellaswag_dir(root / "hellaswag")
-    yield {"root": root, "data": data, "env": cli_env(hs), "hellaswag": hs}
-    for ckpt in root.rglob("model_*.pt"):  # ~40 MB each; pytest keeps the last few tmp dirs
-        ckpt.unlink()
+    yield from work_dir(tmp_path_factory, "trainer")
 
 
 def reference_args(data, log_dir, *extra):
@@ -853,22 +787,13 @@ def test_run_ends_with_a_summary_line(work, reference):
 
 
 def test_export_loads_in_transformers_with_same_logits(work, reference, capsys):
-    from transformers import GPT2LMHeadModel
-
     ckpt = reference / "model_00006.pt"
     out = work["root"] / "exported_hf"
     code, printed, _ = run_main(capsys, "--export", ckpt, "--export_dir", out)
     assert code == 0 and str(out) in printed and "GPT2LMHeadModel" in printed
-    hf = GPT2LMHeadModel.from_pretrained(out).eval()
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    ours = tg.GPT(tg.GPTConfig(**saved["config"])).eval()
-    ours.load_state_dict(saved["model"])
-    idx = torch.randint(0, tg.GPT2_VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        theirs = hf(idx).logits
-        mine, _ = ours(idx)
-    assert theirs.shape == (2, 40, tg.GPT2_VOCAB)
-    assert (theirs - mine[..., : tg.GPT2_VOCAB]).abs().max().item() < 1e-4
+    gap, shape = export_logit_gap(ckpt, out)
+    assert shape == (2, 40, tg.GPT2_VOCAB)
+    assert gap < 1e-4
     code, _, err = run_main(capsys, "--export", ckpt, "--export_dir", work["root"] / "notes.txt")
     assert_one_error_line(err, code, "is a file")
 
