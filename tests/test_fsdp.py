@@ -100,7 +100,7 @@ def test_fsdp_checkpoint_exports_with_the_same_logits(work, fsdp):
 
 
 SHARD_COUNTS = """
-import json, sys, torch, torch.distributed as dist
+import json, os, sys, torch, torch.distributed as dist
 import train_gpt2 as tg
 dist.init_process_group("gloo")
 args = tg.get_args(sys.argv[1:]); tg.resolve_defaults(args, dist.get_world_size())
@@ -113,12 +113,14 @@ for optimizer in optimizers:
     optimizer.step()
 local = lambda t: t.to_local().numel()
 muon = {id(p) for p in optimizers[1].param_groups[0]["params"]}
-print(json.dumps({
-    "rank": dist.get_rank(), "total": sum(p.numel() for p in model.parameters()),
-    "params": sum(local(p) for p in model.parameters()),
-    "states": sum(local(v) for o in optimizers for s in o.state.values() for v in s.values() if v.dim()),
-    # AdamW keeps two moments a parameter, Muon one, each for this rank's share only
-    "expected_states": sum(local(p) * (1 if id(p) in muon else 2) for p in model.parameters())}))
+# a file per rank: the two ranks' printed lines could interleave in torchrun's shared stdout
+with open(os.path.join(os.path.dirname(__file__), f"counts_{dist.get_rank()}.json"), "w") as f:
+    json.dump({
+        "rank": dist.get_rank(), "total": sum(p.numel() for p in model.parameters()),
+        "params": sum(local(p) for p in model.parameters()),
+        "states": sum(local(v) for o in optimizers for s in o.state.values() for v in s.values() if v.dim()),
+        # AdamW keeps two moments a parameter, Muon one, each for this rank's share only
+        "expected_states": sum(local(p) * (1 if id(p) in muon else 2) for p in model.parameters())}, f)
 dist.destroy_process_group()
 """
 
@@ -126,12 +128,12 @@ dist.destroy_process_group()
 def test_each_rank_holds_half_of_the_parameters_and_optimizer_states(work):
     script = work["root"] / "shard_counts.py"
     script.write_text(SHARD_COUNTS)
-    proc = ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              str(script), "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64",
-                              "--optimizer", "muon", "--arch", "modern"], cwd=REPO,
-                             env=work["env"] | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300))
-    counts = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(counts) == 2
+    ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       str(script), "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64",
+                       "--optimizer", "muon", "--arch", "modern"], cwd=REPO,
+                      env=work["env"] | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300))
+    counts = [json.loads((work["root"] / f"counts_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [c["rank"] for c in counts] == [0, 1]
     for c in counts:  # FSDP pads a tensor whose first dim is odd by less than a row
         assert abs(c["params"] / c["total"] - 0.5) < 0.01, c
         assert c["states"] == c["expected_states"], c
