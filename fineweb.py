@@ -561,8 +561,10 @@ def write_shards(args, ds, out_dir, manifest):
                     tokens, lengths = tokens[skip_tokens:], lengths.copy()
                     lengths[0] -= skip_tokens
                     skip_tokens = 0
-                empty_docs += int(np.count_nonzero(lengths == 0))
+                doc0 = writer.pos[0]
                 writer.add(tokens, lengths)
+                # the empty documents the writer passed: --max_tokens can stop it inside a batch
+                empty_docs += int(np.count_nonzero(lengths[:writer.pos[0] - doc0] == 0))
                 bar.update(writer.total - bar.n)
             if skip_tokens and writer.total < writer.limit:
                 raise UserError(f"document {skip_docs:,} is shorter than the manifest says or "

@@ -366,6 +366,16 @@ def test_empty_documents_are_skipped(tmp_path, enc, capsys):
     assert "6 empty documents skipped" in r.stdout
 
 
+def test_empty_documents_past_max_tokens_are_not_counted(tmp_path, capsys):
+    """--max_tokens stops inside a batch: only the empty documents before the stop were skipped."""
+    src = write_jsonl(tmp_path / "in.jsonl", ["", "x y z"] * 20 + [""] * 1000)  # 4 tokens per "x y z"
+    r = run_main(capsys, "--source", src, "--local_dir", tmp_path / "out", "--shard_size", 10,
+                 "--max_tokens", 30, "--workers", 1)
+    assert r.returncode == 0, r.stderr
+    # 30 tokens end inside the 8th "x y z" (document 15): documents 0, 2, ..., 14 are the empty ones read
+    assert "done: 16 documents, 30 tokens" in r.stdout and "8 empty documents skipped" in r.stdout, r.stdout
+
+
 @pytest.mark.parametrize("kind", ["empty_txt", "empty_records"])
 def test_only_empty_documents_is_no_documents(tmp_path, capsys, kind):
     if kind == "empty_txt":
