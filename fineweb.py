@@ -19,7 +19,8 @@ the val shard is refused (the trainer needs a train shard). <local_dir>/manifest
 settings and each finished shard: "file", "bytes", "max_token" (its largest token id) and where
 it ends in the input. Shards are written atomically and listed only once complete, so after a
 crash or Ctrl-C the same command keeps the finished shards and continues, byte-identical to an
-uninterrupted run. Bad input or settings: one `error: ...` line on stderr, exit code 1.
+uninterrupted run. Bad input or settings: one `error: ...` line on stderr, exit code 1 (a flag
+argparse cannot parse: its usage line and exit code 2).
 """
 
 import argparse

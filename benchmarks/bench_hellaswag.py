@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import hellaswag  # noqa: E402
-import train_gpt2  # noqa: E402  (only for the GPT model)
+import train_gpt2  # noqa: E402  (only for the GPT model and the card's name)
 
 
 def build_model(args, device):
@@ -113,7 +113,7 @@ def run(argv=None):
     n = len(examples)
     same_pred = sum(a == b for a, b in zip(ref["predictions"], fast["predictions"]))
     out = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "device": train_gpt2.device_name(device),
         "torch": torch.__version__,
         "model": name,
         "examples": n,

@@ -393,8 +393,11 @@ class Outputs:
         self.out.mkdir(parents=True, exist_ok=True)
         self.stage = Path(tempfile.mkdtemp(prefix="gpu_check_logs_"))
 
-    def log_path(self, part):
-        return self.stage / f"{part.name}.log"
+    def new_log(self, part):
+        """The part's log file, empty (a part run again starts a fresh one)."""
+        path = self.stage / f"{part.name}.log"
+        path.write_text("")
+        return path
 
     def keep_dir(self, part):
         path = self.stage / part.name
@@ -704,8 +707,7 @@ class Runner:
                              + [f"- {r['part']}: {r['status']} {note(r)}" for r in self.records]) + "\n"
 
     def run_command(self, part, timeout):
-        log_path = self.outputs.log_path(part)
-        log_path.write_text("")
+        log_path = self.outputs.new_log(part)
         t = time.monotonic()
         rc, timed_out = run_logged(part.cmd, log_path, timeout, self.env, self.grace(part))
         seconds = time.monotonic() - t
@@ -719,8 +721,7 @@ class Runner:
     def run_train(self, part, timeout):
         spec = part.info
         deadline = time.monotonic() + timeout
-        log_path = self.outputs.log_path(part)
-        log_path.write_text("")
+        log_path = self.outputs.new_log(part)
         keep = self.outputs.keep_dir(part)  # the run's small files, packed into logs.tar.gz
         work = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))  # checkpoints: GBs, never under --out
         log_dir = work / "log"
