@@ -650,10 +650,13 @@ class Runner:
                     # generous per part (a slow card still finishes), but a hang cannot eat the whole
                     # budget; a kill's grace comes out of the slack between --budget_s and the call's limit
                     timeout = min(max(2.5 * est, est + 120), self.left())
+                    # the log exists before the part is named running: a signal at any moment from
+                    # here on finds it, and the archive holds the log of the part recorded failed
+                    log_path = self.outputs.new_log(part)
                     self.running = (part.name, round(self.elapsed()), round(timeout))
                     self.save()  # a call killed during this part returns a summary that names it
                     run = self.run_train if part.group == "train" else self.run_command
-                    rec = run(part, timeout)
+                    rec = run(part, log_path, timeout)
                     if rec["status"] == "ok":
                         self.estimate.observe(part, rec["seconds"])
                     self.record(part, estimate_s=round(est), timeout_s=round(timeout), **rec)
@@ -706,8 +709,7 @@ class Runner:
             return "\n".join([f"# gpu_check: the summary failed ({type(e).__name__}: {e}); see results.jsonl", ""]
                              + [f"- {r['part']}: {r['status']} {note(r)}" for r in self.records]) + "\n"
 
-    def run_command(self, part, timeout):
-        log_path = self.outputs.new_log(part)
+    def run_command(self, part, log_path, timeout):
         t = time.monotonic()
         rc, timed_out = run_logged(part.cmd, log_path, timeout, self.env, self.grace(part))
         seconds = time.monotonic() - t
@@ -718,10 +720,9 @@ class Runner:
                     result=result, error=error, log=log_path.name)
 
     # --- the real-data run: start, SIGTERM past a checkpoint, resume, check
-    def run_train(self, part, timeout):
+    def run_train(self, part, log_path, timeout):
         spec = part.info
         deadline = time.monotonic() + timeout
-        log_path = self.outputs.new_log(part)
         keep = self.outputs.keep_dir(part)  # the run's small files, packed into logs.tar.gz
         work = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))  # checkpoints: GBs, never under --out
         log_dir = work / "log"
@@ -1074,7 +1075,8 @@ def summary_markdown(records, env, budget_s, elapsed, running=None):
     if running:
         name, since, timeout = running
         head += [f"**Running now: {name}** (started at {since} s, timeout {timeout} s). A summary that still "
-                 "says so is from a call that ended during this part; its log is not in logs.tar.gz.", ""]
+                 "says so is from a call that ended during this part; its log in logs.tar.gz is still empty "
+                 "(a log is packed when its part ends).", ""]
     sections = [("matrix", "Trainer speed: `train_gpt2.py --benchmark` vs the plain reference step", matrix_rows),
                 ("train", "Real-data run stopped with SIGTERM and resumed (torchrun, 1 process)", train_rows),
                 ("hellaswag", "HellaSwag: one-example reference loop vs batched evaluator", hellaswag_rows)]

@@ -69,6 +69,10 @@ def archive_members(out):
         return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
 
 
+def read_if_exists(path):
+    return path.read_text() if path.is_file() else ""
+
+
 def read_records(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
@@ -145,9 +149,11 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
            "--parts", "matrix-gpt2-b2,reference-b2"]
     proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # signal once the summary names the second part running: earlier, while the first part's
+        # record is still being saved, the second is rightly recorded skipped, not failed
         deadline = time.monotonic() + 120
-        while not (out / "results.jsonl").is_file() or not read_records(out):
-            assert proc.poll() is None and time.monotonic() < deadline, "the first part never finished"
+        while "Running now: reference-b2" not in read_if_exists(out / "summary.md"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the second part never started"
             time.sleep(0.05)
         snapshot = tmp_path / "killed_now"  # what a SIGKILL right now would leave
         shutil.copytree(out, snapshot)
@@ -159,6 +165,8 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
     assert_returnable(snapshot)
     assert read_records(snapshot)[0]["status"] == "ok" and "matrix-gpt2-b2.log" in archive_members(snapshot)
     assert "| matrix-gpt2-b2 | ok |" in (snapshot / "summary.md").read_text()
+    assert "Running now: reference-b2" in (snapshot / "summary.md").read_text()
+    assert archive_members(snapshot)["reference-b2.log"] == ""  # there from the start, filled when it ends
 
     assert_returnable(out)
     records = {r["part"]: r for r in read_records(out)}
