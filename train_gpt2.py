@@ -612,10 +612,10 @@ def cut_back_log(path, step, keep_evals):
     if not os.path.exists(path):
         return
 
-    def keep(line):  # "{step} {name} {value}"; samples: "{step} sample{i} {json}"
-        s, name, *_ = line.split(" ", 2) + ["", ""]
+    def keep(line):  # log.txt's records, and samples.txt's "{step} sample{i} {json}"
+        s, name, _ = parse_record(line) or (None, "", "")
         evals = name in EVAL_RECORDS or name.startswith("sample")
-        return s.isdigit() and (int(s) < step or (int(s) == step and keep_evals and evals))
+        return s is not None and (s < step or (s == step and keep_evals and evals))
 
     with open(path) as f:
         lines = f.read().split("\n")[:-1]  # a last line without "\n" was cut off by a kill
@@ -1051,8 +1051,15 @@ LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc
 
 
 class RunLog:
-    """All a run writes but checkpoints, on rank 0 only: the console, log.txt (build-nanogpt's
-    "{step} {name} {value}" records), samples.txt and config.json. log_dir None: console only."""
+    """All a run writes but checkpoints, on rank 0 only: the console, log.txt, samples.txt and
+    config.json. log_dir None: console only.
+
+    The format of log.txt and samples.txt, written here and read by parse_record / read_log (the
+    only reader: the write-up tool, the notebook, the benchmarks and the tests all use it): one
+    record a line, build-nanogpt's "{step} {name} {value}" with `value` formatted by LOG_FORMATS
+    (samples: "{step} sample{i} {json string}"). Lines are only appended, so a run killed
+    mid-write leaves at most a last line without its newline; a continued run first cuts the
+    file back to the step it continues from (cut_back_log), so no step is recorded twice."""
 
     def __init__(self, log_dir, master):
         self.dir, self.master = log_dir, master
@@ -1093,6 +1100,43 @@ class RunLog:
         for path, new_path in zip(old, new):
             os.replace(path, new_path)
         return f"*.{stamp}.*"
+
+
+def parse_record(line):
+    """One log line -> (step, name, value text), or None for a line that is not a record."""
+    parts = line.rstrip("\n").split(" ", 2)
+    if len(parts) == 3 and parts[0].isdigit() and parts[1] and parts[2]:
+        return int(parts[0]), parts[1], parts[2]
+    return None
+
+
+@dataclass
+class LogRecords:
+    records: list  # [(step, name, value)] in file order, every record (a step may repeat)
+    unreadable: list  # the lines that are not records (a cut-off last line is not counted)
+
+    def streams(self):
+        """{name: [(step, value)] sorted by step}, the later record of a step winning."""
+        out = {}
+        for step, name, value in self.records:
+            out.setdefault(name, {})[step] = value
+        return {name: sorted(points.items()) for name, points in out.items()}
+
+
+def read_log(path):
+    """log.txt -> LogRecords with float values. A last line without its newline is still being
+    written (or was cut off by a kill) and is left out without a word; any other line that is not
+    "{step} {name} {number}" is listed in `unreadable`."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")[:-1]
+    records, unreadable = [], []
+    for line in lines:
+        record = parse_record(line)
+        try:
+            records.append((record[0], record[1], float(record[2])))
+        except (TypeError, ValueError):
+            unreadable.append(line)
+    return LogRecords(records, unreadable)
 
 
 class StopRequest:
