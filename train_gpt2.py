@@ -512,6 +512,20 @@ def configure_optimizers(model, args, device_type):
     return optimizers, settings
 
 
+def clip_grad_norm(model, max_norm, fsdp):
+    """clip_grad_norm_ -> the total grad norm. Under --fsdp, each gradient's norm is taken of the
+    whole gradient, gathered one at a time: the fp32 norm kernels round differently on a shard
+    (on CPU, the squares of a large tensor's ~1e-6 entries are lost against the running sum:
+    1e-4 of the norm), and the clip factor, so the run, would drift from DDP's."""
+    if not fsdp:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(
+        [torch.nn.utils.get_total_norm([p.grad.full_tensor()]) for p in params])
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 # -----------------------------------------------------------------------------
 # 4. Checkpoints, and which one a run continues from
 
@@ -1046,7 +1060,7 @@ def count_due(every, after, last):
 
 
 LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}",
-               "lr": "{:.6e}", "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
+               "lr": "{:.6e}", "norm": "{:.6f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
                "mfu": "{:.4f}", "elapsed": "{:.1f}"}
 
 
@@ -1447,8 +1461,7 @@ def train(args):
         if scaler:
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
-        norm = norm.full_tensor() if args.fsdp else norm  # FSDP's is a distributed tensor
+        norm = clip_grad_norm(raw_model, args.grad_clip or math.inf, args.fsdp)
         factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio)
         for optimizer, peak_lr in zip(optimizers, peak_lrs):
             for group in optimizer.param_groups:
