@@ -29,7 +29,9 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -536,19 +538,25 @@ def clip_grad_norm(model, max_norm, fsdp):
 SAME_RUN = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "seq_len",
             "total_batch", "seed", "shuffle", "optimizer")
 # These shape the rest of the run: the same command refuses a change, --resume makes it on
-# purpose, and config.json records it (step, old, new).
+# purpose, and config.json records it (step, old, new). data_dir: the tokens from that step on.
 SCHEDULE = ("max_steps", "warmup_steps", "max_lr", "muon_lr", "min_lr_ratio", "weight_decay",
-            "grad_clip", "muon_momentum")
+            "grad_clip", "muon_momentum", "data_dir")
 
 
 def checkpoint_path(log_dir, step):
     return os.path.join(log_dir, f"model_{step:05d}.pt")
 
 
+def checkpoint_step(path):
+    """model_00020.pt -> 20; None for another name (model_00020.<time>.pt: set aside)."""
+    match = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(log_dir):
     """The paths of the checkpoints in log_dir, oldest first."""
-    matches = (re.fullmatch(r".*model_(\d+)\.pt", p) for p in glob.glob(f"{log_dir}/model_*.pt"))
-    return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
+    steps = {p: checkpoint_step(p) for p in glob.glob(f"{log_dir}/model_*.pt")}
+    return sorted((p for p, step in steps.items() if step is not None), key=steps.get)
 
 
 def atomic_write(path, content, tmp=None):
@@ -591,37 +599,84 @@ def read_checkpoint(path):
     return ckpt
 
 
-def find_checkpoint(args):
-    """-> (path, checkpoint) this run continues from, or (None, None) for a fresh start:
-    --resume PATH, else the newest readable checkpoint in --log_dir."""
-    if args.resume not in (None, "latest"):
-        try:
-            return args.resume, read_checkpoint(args.resume)
-        except UserError as e:
-            raise UserError(f"--resume: {e}") from None
-    found = list_checkpoints(args.log_dir)
-    if not found and args.resume:
-        raise UserError(f"--resume: no checkpoint model_*.pt in {args.log_dir}; leave out "
-                        f"--resume to start a new run")
+def find_checkpoint(args, log):
+    """-> (path, checkpoint) this run continues from, or (None, None) for a fresh start: the
+    newest readable checkpoint in --log_dir, or --resume PATH. A run continued from PATH records
+    it in its checkpoints (args.timeline_from): once it has saved newer ones, the same command
+    continues from the newest of them rather than go back to PATH (a rerun, a torchrun restart)."""
+    found, newest = list_checkpoints(args.log_dir), (None, None)
     for path in reversed(found):
         try:
-            return path, read_checkpoint(path)
+            newest = path, read_checkpoint(path)
+            break
         except UserError as e:
             print(f"warning: skipping {e}", file=sys.stderr)
-    if found:
-        raise UserError(f"no readable checkpoint in {args.log_dir}; move them away to start afresh")
-    return None, None
+    if args.resume in (None, "latest"):
+        if not found and args.resume:
+            raise UserError(f"--resume: no checkpoint model_*.pt in {args.log_dir}; leave out "
+                            f"--resume to start a new run")
+        if found and newest[1] is None:
+            raise UserError(f"no readable checkpoint in {args.log_dir}; move them away to start "
+                            f"afresh")
+        args.timeline_from = newest[1]["args"].get("timeline_from") if newest[1] else None
+        return newest
+    try:
+        ckpt = read_checkpoint(args.resume)
+    except UserError as e:
+        raise UserError(f"--resume: {e}") from None
+    args.timeline_from = os.path.realpath(args.resume)
+    if newest[1] is not None and newest[1]["step"] > ckpt["step"] and \
+            newest[1]["args"].get("timeline_from") == args.timeline_from:
+        log.print(f"note: {newest[0]} continues the run that --resume {args.resume} started: "
+                  f"continuing from it (the same command goes back only to the newest checkpoint)")
+        return newest
+    return args.resume, ckpt
+
+
+def set_aside_other_timeline(log_dir, path, step):
+    """Continuing from `path` at `step`, the checkpoints of log_dir past it (or another file of
+    that step) belong to a timeline this run leaves: renamed model_00020.<time>.pt (the time
+    they were last written; list_checkpoints passes over them), never deleted, and the logs
+    copied as log.<time>.txt before they are cut back. -> a note to print, or None."""
+    def other(p):
+        return checkpoint_step(p) > step or (checkpoint_step(p) == step and
+                                             not os.path.samefile(p, path))
+    later = [p for p in list_checkpoints(log_dir) if other(p)]
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, later))))
+    moves = [(p, f"{p[:-3]}.{stamp}.pt") for p in later] + [
+        (p, "{0}.{2}{1}".format(*os.path.splitext(p), stamp)) for p in
+        (os.path.join(log_dir, n) for n in ("log.txt", "samples.txt")) if os.path.exists(p)]
+    if any(os.path.exists(new) for _, new in moves):
+        raise UserError(f"{log_dir} holds files set aside at {stamp} already; move them away")
+    for old, new in moves:
+        (os.replace if old.endswith(".pt") else shutil.copyfile)(old, new)
+    return (f"note: {len(later)} checkpoint(s) past step {step} belong to another timeline: "
+            f"kept as model_*.{stamp}.pt, with its logs as *.{stamp}.txt")
+
+
+def lr_jump(args, changes, step):
+    """A note when --resume changed the schedule so that the LR jumps at the step the run
+    continues from (the old schedule's LR there -> the new one's), else None."""
+    old = vars(args) | {k: before for k, before, _ in changes}
+    lrs = [a["max_lr"] * lr_factor(step, a["warmup_steps"], a["max_steps"], a["min_lr_ratio"])
+           for a in (old, vars(args))]
+    return f"note: the LR at step {step} jumps {lrs[0]:.4e} -> {lrs[1]:.4e} (the schedule " \
+        f"changed)" if lrs[0] != lrs[1] else None
 
 
 def compare_settings(args, model_config, ckpt, path):
     """-> the schedule changes [(name, old, new)] that --resume makes on purpose; a UserError
     listing the differences when the checkpoint cannot continue with these settings."""
     theirs, ours = ckpt["args"] | ckpt["config"], vars(args) | asdict(model_config)
-    differ = [(k, theirs.get(k), ours[k]) for k in SAME_RUN + SCHEDULE if theirs.get(k) != ours[k]]
+    real = lambda k, v: os.path.realpath(v) if k == "data_dir" and v else v  # noqa: E731
+    differ = [(k, theirs.get(k), ours[k]) for k in SAME_RUN + SCHEDULE
+              if real(k, theirs.get(k)) != real(k, ours[k])]  # a folder, however it is spelt
     fixed = [k for k, _, _ in differ if k in SAME_RUN]
     if fixed or (differ and not args.resume):
         listed = "; ".join(f"{k} {old} -> {new}" for k, old, new in differ)
-        hint = "" if fixed else ", or add --resume to change this run's schedule on purpose"
+        hint = "" if fixed else ", or add --resume to change them on purpose"
         raise UserError(f"{path} was written with other settings ({listed}); pass the same values "
                         f"to continue that run, or another --log_dir for a new run{hint}")
     return differ
@@ -775,7 +830,8 @@ def get_args(argv=None):
                        "a command again continues its run.", formatter_class=HelpFormatter)
     a, pos, nonneg = p.add_argument, number(low=1), number()
     positive = number(float, 0, low_open=True)
-    a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
+    a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards "
+      "(another one in the middle of a run: with --resume)")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
     a("--arch", default="gpt2", choices=ARCHS, help="modern: RoPE + SwiGLU + RMSNorm, no biases")
@@ -814,8 +870,9 @@ def get_args(argv=None):
     a("--checkpoint_every", type=nonneg, default=5000, help="steps between checkpoints (0 = the "
       "final one only)")
     a("--resume", nargs="?", const="latest", help="continue from the latest checkpoint in "
-      "--log_dir (or from PATH) even with other schedule settings (--max_lr, --max_steps, ...); "
-      "without it the same command continues a run only with the same settings")
+      "--log_dir (or from PATH, then from the newest checkpoint after it) even with other "
+      "schedule settings (--max_lr, --max_steps, ...) or --data_dir; without it the same command "
+      "continues a run only with the same settings")
     a("--compile", type=int, choices=[0, 1], help="torch.compile (default: 1 on CUDA, else 0)")
     a("--fsdp", type=int, default=0, choices=[0, 1], help="shard weights, gradients and optimizer "
       "states over the GPUs (FSDP2, under torchrun): for gpt2-large and -xl on 24 GB cards")
@@ -989,6 +1046,38 @@ def rank0_tries(fn, device, fallback):
             error = str(e)
     if any_rank(error, device):
         raise UserError(error or fallback)
+
+
+def same_on_every_rank(fn, found, fix):
+    """fn() on every rank -> its result, once every rank has run it without a UserError and
+    found(result) reads the same on all (a collective). On several machines each rank reads its
+    own disk: a rank that alone fails or sees other files becomes one UserError on every rank,
+    naming it and its host, rather than a rank exiting without a word and a hung collective."""
+    try:
+        result, mine = fn(), [None]
+        mine.append(found(result))
+    except UserError as e:
+        result, mine = None, [str(e), None]
+    every = [mine + [socket.gethostname()]]
+    if dist.is_initialized():
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine + [socket.gethostname()])
+    disagreement(every, fix)
+    return result
+
+
+def disagreement(every, fix):
+    """every rank's [error or None, what it found, host]: a UserError unless all are alike."""
+    errors = [(rank, e, host) for rank, (e, _, host) in enumerate(every) if e]
+    if len({e for _, e, _ in errors}) == 1 and len(errors) == len(every):
+        raise UserError(errors[0][1])  # every rank alike: the error as one process says it
+    if errors:
+        rank, error, host = errors[0]
+        raise UserError(f"{error} (rank {rank} on {host}; {fix})")
+    if len({seen for _, seen, _ in every}) > 1:
+        raise UserError("the ranks see different files: " + "; ".join(
+            f"rank {rank} on {host}: {seen}" for rank, (_, seen, host) in enumerate(every))
+            + f"; {fix}")
 
 
 def all_reduce(t, op=dist.ReduceOp.SUM):
@@ -1193,8 +1282,8 @@ class NothingToDo(Exception):
     """The run is finished already: main() says so, changes nothing and exits with 0."""
 
 
-def load_data(args, rank, world_size, device, log):
-    """-> (train loader, val set or None), after every check of the shards."""
+def open_shards(args):
+    """-> (train stream, val stream or None): the shards of --data_dir, each checked."""
     if not os.path.isdir(args.data_dir):
         raise UserError(f"data dir {args.data_dir} does not exist; run `python fineweb.py` first "
                         f"or pass --data_dir")
@@ -1205,18 +1294,24 @@ def load_data(args, rank, world_size, device, log):
     if args.val_every > 0 and not val_paths:
         raise UserError(f"no *_val_NNNNNN.npy shard in {args.data_dir}; make one with fineweb.py "
                         f"or pass --val_every 0")
-    train = TokenStream(train_paths)
+    return TokenStream(train_paths), TokenStream(val_paths) if args.val_every else None
+
+
+def load_data(args, rank, world_size, device, log):
+    """-> (train loader, val set or None), after every check of the shards."""
+    train, val = same_on_every_rank(lambda: open_shards(args), lambda streams: ", ".join(
+        f"{len(s.paths)} shards of {s.total:,} tokens" for s in streams if s),
+        f"every node needs the same shards in --data_dir {args.data_dir}")
     loader = TrainLoader(train, args.seq_len, args.seed, bool(args.shuffle),
                          seqs_per_step=args.total_batch // args.seq_len,
                          micro_batch=args.micro_batch, rank=rank, world_size=world_size)
-    val_set = ValSet(TokenStream(val_paths), args.seq_len, args.val_tokens) if args.val_every \
-        else None
+    val_set = ValSet(val, args.seq_len, args.val_tokens) if val else None
     for stream in [train] + ([val_set.stream] if val_set else []):
         stream.check_token_ids(rank, world_size, device)
     if val_set and args.val_tokens > val_set.n_windows * args.seq_len + args.seq_len:
         log.print(f"warning: --val_tokens {args.val_tokens:,} is more than the val shards hold; "
                   f"validating on all {val_set.n_windows * args.seq_len:,} of their tokens")
-    log.print(f"data: {len(train_paths)} train shards, {train.total:,} tokens "
+    log.print(f"data: {len(train.paths)} train shards, {train.total:,} tokens "
               f"({loader.n_windows:,} sequences of {args.seq_len}); "
               f"{args.max_steps * args.total_batch / train.total:.2f} epochs planned")
     return loader, val_set
@@ -1340,7 +1435,9 @@ def start_run(args):
     else:
         if os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
             raise UserError(f"--log_dir {args.log_dir} is a file; pass a folder")
-        run.ckpt_path, ckpt = find_checkpoint(args)
+        run.ckpt_path, ckpt = same_on_every_rank(lambda: find_checkpoint(args, run.log), lambda
+            found: f"{found[0]} (step {found[1]['step']})" if found[0] else "no checkpoint",
+            f"every node must see one --log_dir, at the same path (a shared disk)")
         if ckpt is not None:
             run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
             if ckpt["step"] >= args.max_steps and ckpt["evals_done"]:
@@ -1426,10 +1523,14 @@ def open_log_dir(run):
     rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
                 "--log_dir")
     if run.rank == 0 and run.ckpt_path:
+        aside = set_aside_other_timeline(run.args.log_dir, run.ckpt_path, run.start_step)
         for path in (log.log_file, log.samples_file):
             cut_back_log(path, run.start_step, keep_evals=run.evals_done)
-        log.print(f"continuing from {run.ckpt_path} at step {run.start_step}"
-                  + "".join(f"; {k} {old} -> {new}" for k, old, new in run.changes))
+        continuing = f"continuing from {run.ckpt_path} at step {run.start_step}" + "".join(
+            f"; {k} {old} -> {new}" for k, old, new in run.changes)
+        for line in filter(None, (aside, continuing, lr_jump(run.args, run.changes,
+                                                             run.start_step))):
+            log.print(line)
     elif run.rank == 0 and (kept := log.set_aside_old_logs()):
         log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
     run.config = run_config(run) if run.rank == 0 else {}
