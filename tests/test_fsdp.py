@@ -8,12 +8,14 @@ the tiny model of the other trainer tests, fp32.
     for bit;
   * checkpoints are one file in one format: a DDP checkpoint continues under --fsdp, an FSDP
     checkpoint exports to transformers with the same logits;
+  * two machines (torchrun --nnodes 2, simulated on this one) continue a DDP run like one;
   * each rank holds about 1/world of the parameter and optimizer-state elements;
   * activation checkpointing gives the same loss and gradients and saves fewer activations.
 """
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -21,8 +23,8 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import REPO, TINY, checkpoints, export_logit_gap, ok, record_map, records, run_cli, \
-    state_dicts_equal, work_dir
+from helpers import REPO, RUN_TIMEOUT, TINY, checkpoints, export_logit_gap, ok, record_map, records, run_cli, \
+    state_dicts_equal, train_cmd, work_dir
 
 # samples and HellaSwag too: under FSDP every rank must join every forward (5 examples in batches
 # of 2 over 2 ranks: rank 1 has a slot with nothing to score). At this LR the grad norm stays above
@@ -71,7 +73,7 @@ def test_fsdp_trains_like_ddp(ddp, fsdp):
         assert torch.allclose(mine["model"][k], ref["model"][k], atol=1e-5), k
 
 
-def continue_from(work, source, name, step, *extra):
+def continue_from(work, source, name, step, *extra, launch=lambda env, *args: run_cli(env, *args, ddp=True)):
     """A copy of a finished run's log dir as a kill at `step` leaves it (the later checkpoints
     gone, log.txt still holding records past it), continued by the same command (+ extra)."""
     log_dir = work["root"] / name
@@ -79,7 +81,7 @@ def continue_from(work, source, name, step, *extra):
     for ckpt in checkpoints(log_dir):
         if int(ckpt[6:11]) > step:
             (log_dir / ckpt).unlink()
-    proc = ok(run_cli(work["env"], *run_args(work, name, *extra), ddp=True))
+    proc = ok(launch(work["env"], *run_args(work, name, *extra)))
     assert f"continuing from {log_dir / f'model_{step:05d}.pt'}" in proc.stdout
     return log_dir
 
@@ -99,6 +101,31 @@ def test_ddp_checkpoint_continues_under_fsdp(work, ddp):
     assert a.keys() == b.keys()
     for key in a:
         assert abs(float(a[key]) - float(b[key])) < 1e-5, f"{key}: DDP {a[key]}, continued under FSDP {b[key]}"
+
+
+def run_two_nodes(env, *args):
+    """torchrun's multi-node launch, two simulated machines on this one: an agent per node, one
+    process each, rank 0's agent hosting the rendezvous at a free port of 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                                str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                                "--nproc_per_node", "1", *train_cmd(*args)[1:]], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    outs = [agent.communicate(timeout=RUN_TIMEOUT) for agent in agents]
+    return subprocess.CompletedProcess(agents[0].args, max(a.returncode for a in agents),
+                                       "".join(o for o, _ in outs), "".join(e for _, e in outs))
+
+
+def test_two_machines_continue_a_run_like_one(work, ddp):
+    """Two nodes sharing one --log_dir (a shared disk) continue the DDP run from its step-12
+    checkpoint: the same records as the uninterrupted run (itself equal to one process's,
+    test_trainer.test_ddp_matches_single_process)."""
+    log_dir = continue_from(work, ddp, "two_nodes", 12, launch=run_two_nodes)
+    names = ("train", "norm", "val", "hella")
+    assert records(log_dir, names=names) == records(ddp, names=names)
+    assert json.loads((log_dir / "config.json").read_text())["world_size"] == 2
 
 
 def test_fsdp_checkpoint_exports_with_the_same_logits(work, fsdp):
