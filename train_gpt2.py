@@ -517,10 +517,9 @@ def configure_optimizers(model, args, device_type):
 
 
 def clip_grad_norm(model, max_norm, fsdp):
-    """clip_grad_norm_ -> the total grad norm. Under --fsdp, each gradient's norm is taken of the
-    whole gradient, gathered one at a time: the fp32 norm kernels round differently on a shard
-    (on CPU, the squares of a large tensor's ~1e-6 entries are lost against the running sum:
-    1e-4 of the norm), and the clip factor, so the run, would drift from DDP's."""
+    """clip_grad_norm_ -> the total norm. Under --fsdp, of each whole gradient, gathered one at a
+    time: the norm of a shard rounds otherwise (on CPU, by 1e-4: a big tensor's tiny squares are
+    lost against the running fp32 sum), and the clip factor, so the run, drifted from DDP's."""
     if not fsdp:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     params = [p for p in model.parameters() if p.grad is not None]
@@ -547,16 +546,10 @@ def checkpoint_path(log_dir, step):
     return os.path.join(log_dir, f"model_{step:05d}.pt")
 
 
-def checkpoint_step(path):
-    """model_00020.pt -> 20; None for another name (model_00020.<time>.pt: set aside)."""
-    match = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
-    return int(match.group(1)) if match else None
-
-
 def list_checkpoints(log_dir):
-    """The paths of the checkpoints in log_dir, oldest first."""
-    steps = {p: checkpoint_step(p) for p in glob.glob(f"{log_dir}/model_*.pt")}
-    return sorted((p for p, step in steps.items() if step is not None), key=steps.get)
+    """The paths of the checkpoints in log_dir, oldest first (not model_00020.<time>.pt)."""
+    matches = (re.fullmatch(r".*model_(\d+)\.pt", p) for p in glob.glob(f"{log_dir}/model_*.pt"))
+    return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
 
 
 def atomic_write(path, content, tmp=None):
@@ -600,54 +593,48 @@ def read_checkpoint(path):
 
 
 def find_checkpoint(args, log):
-    """-> (path, checkpoint) this run continues from, or (None, None) for a fresh start: the
-    newest readable checkpoint in --log_dir, or --resume PATH. A run continued from PATH records
-    it in its checkpoints (args.timeline_from): once it has saved newer ones, the same command
-    continues from the newest of them rather than go back to PATH (a rerun, a torchrun restart)."""
-    found, newest = list_checkpoints(args.log_dir), (None, None)
+    """-> (path, checkpoint) to continue from, or (None, None): the newest readable one in
+    --log_dir, or --resume PATH, which the checkpoints after it record (args.timeline_from): the
+    same command run again continues from the newest of those rather than go back to PATH."""
+    found, (path, newest) = list_checkpoints(args.log_dir), (None, None)
     for path in reversed(found):
         try:
-            newest = path, read_checkpoint(path)
+            newest = read_checkpoint(path)
             break
         except UserError as e:
             print(f"warning: skipping {e}", file=sys.stderr)
     if args.resume in (None, "latest"):
-        if not found and args.resume:
-            raise UserError(f"--resume: no checkpoint model_*.pt in {args.log_dir}; leave out "
-                            f"--resume to start a new run")
-        if found and newest[1] is None:
+        if (found and newest is None) or (args.resume and not found):
             raise UserError(f"no readable checkpoint in {args.log_dir}; move them away to start "
-                            f"afresh")
-        args.timeline_from = newest[1]["args"].get("timeline_from") if newest[1] else None
-        return newest
+                            f"afresh" if found else f"--resume: no checkpoint model_*.pt in "
+                            f"{args.log_dir}; leave out --resume to start a new run")
+        args.timeline_from = newest["args"].get("timeline_from") if newest else None
+        return (path, newest) if newest else (None, None)
     try:
         ckpt = read_checkpoint(args.resume)
     except UserError as e:
         raise UserError(f"--resume: {e}") from None
     args.timeline_from = os.path.realpath(args.resume)
-    if newest[1] is not None and newest[1]["step"] > ckpt["step"] and \
-            newest[1]["args"].get("timeline_from") == args.timeline_from:
-        log.print(f"note: {newest[0]} continues the run that --resume {args.resume} started: "
+    if newest and newest["step"] > ckpt["step"] and \
+            newest["args"].get("timeline_from") == args.timeline_from:
+        log.print(f"note: {path} continues the run that --resume {args.resume} started: "
                   f"continuing from it (the same command goes back only to the newest checkpoint)")
-        return newest
+        return path, newest
     return args.resume, ckpt
 
 
 def set_aside_other_timeline(log_dir, path, step):
-    """Continuing from `path` at `step`, the checkpoints of log_dir past it (or another file of
-    that step) belong to a timeline this run leaves: renamed model_00020.<time>.pt (the time
-    they were last written; list_checkpoints passes over them), never deleted, and the logs
-    copied as log.<time>.txt before they are cut back. -> a note to print, or None."""
-    def other(p):
-        return checkpoint_step(p) > step or (checkpoint_step(p) == step and
-                                             not os.path.samefile(p, path))
-    later = [p for p in list_checkpoints(log_dir) if other(p)]
+    """Continuing from `path`, the checkpoints past its step belong to a timeline this run leaves:
+    renamed model_00020.<time last written>.pt (not listed), never deleted, and the logs copied
+    as log.<time>.txt before they are cut back. -> a note to print, or None."""
+    steps = {p: int(re.search(r"(\d+)\.pt$", p)[1]) for p in list_checkpoints(log_dir)}
+    later = [p for p, s in steps.items() if s > step or s == step and not os.path.samefile(p, path)]
     if not later:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, later))))
+    logs = [os.path.join(log_dir, name) for name in ("log.txt", "samples.txt")]
     moves = [(p, f"{p[:-3]}.{stamp}.pt") for p in later] + [
-        (p, "{0}.{2}{1}".format(*os.path.splitext(p), stamp)) for p in
-        (os.path.join(log_dir, n) for n in ("log.txt", "samples.txt")) if os.path.exists(p)]
+        (p, f"{p[:-4]}.{stamp}.txt") for p in logs if os.path.exists(p)]
     if any(os.path.exists(new) for _, new in moves):
         raise UserError(f"{log_dir} holds files set aside at {stamp} already; move them away")
     for old, new in moves:
@@ -657,8 +644,7 @@ def set_aside_other_timeline(log_dir, path, step):
 
 
 def lr_jump(args, changes, step):
-    """A note when --resume changed the schedule so that the LR jumps at the step the run
-    continues from (the old schedule's LR there -> the new one's), else None."""
+    """A note when --resume changed the LR at the step it continues from (old schedule -> new)."""
     old = vars(args) | {k: before for k, before, _ in changes}
     lrs = [a["max_lr"] * lr_factor(step, a["warmup_steps"], a["max_steps"], a["min_lr_ratio"])
            for a in (old, vars(args))]
@@ -1049,35 +1035,28 @@ def rank0_tries(fn, device, fallback):
 
 
 def same_on_every_rank(fn, found, fix):
-    """fn() on every rank -> its result, once every rank has run it without a UserError and
-    found(result) reads the same on all (a collective). On several machines each rank reads its
-    own disk: a rank that alone fails or sees other files becomes one UserError on every rank,
-    naming it and its host, rather than a rank exiting without a word and a hung collective."""
+    """fn() on every rank -> its result, once no rank raised a UserError and found(result) reads
+    the same on all (a collective). On several machines a rank that alone fails or sees other
+    files is one UserError on every rank naming it, not one silent exit and a hung collective."""
     try:
-        result, mine = fn(), [None]
-        mine.append(found(result))
+        result = fn()
+        mine = [None, found(result), socket.gethostname()]
     except UserError as e:
-        result, mine = None, [str(e), None]
-    every = [mine + [socket.gethostname()]]
+        result, mine = None, [str(e), None, socket.gethostname()]
+    every = [mine] * (dist.get_world_size() if dist.is_initialized() else 1)
     if dist.is_initialized():
-        every = [None] * dist.get_world_size()
-        dist.all_gather_object(every, mine + [socket.gethostname()])
-    disagreement(every, fix)
-    return result
-
-
-def disagreement(every, fix):
-    """every rank's [error or None, what it found, host]: a UserError unless all are alike."""
-    errors = [(rank, e, host) for rank, (e, _, host) in enumerate(every) if e]
-    if len({e for _, e, _ in errors}) == 1 and len(errors) == len(every):
-        raise UserError(errors[0][1])  # every rank alike: the error as one process says it
-    if errors:
-        rank, error, host = errors[0]
-        raise UserError(f"{error} (rank {rank} on {host}; {fix})")
+        dist.all_gather_object(every, mine)  # every rank's [error or None, what it found, host]
+    errors = {error for error, _, _ in every}
+    if len(errors) == 1 and None not in errors:
+        raise UserError(errors.pop())  # every rank alike: the error as one process says it
+    for rank, (error, _, host) in enumerate(every):
+        if error:
+            raise UserError(f"{error} (rank {rank} on {host}; {fix})")
     if len({seen for _, seen, _ in every}) > 1:
         raise UserError("the ranks see different files: " + "; ".join(
             f"rank {rank} on {host}: {seen}" for rank, (_, seen, host) in enumerate(every))
             + f"; {fix}")
+    return result
 
 
 def all_reduce(t, op=dist.ReduceOp.SUM):
@@ -1299,8 +1278,9 @@ def open_shards(args):
 
 def load_data(args, rank, world_size, device, log):
     """-> (train loader, val set or None), after every check of the shards."""
-    train, val = same_on_every_rank(lambda: open_shards(args), lambda streams: ", ".join(
-        f"{len(s.paths)} shards of {s.total:,} tokens" for s in streams if s),
+    train, val = same_on_every_rank(lambda: open_shards(args), lambda found: ", ".join(
+        f"{len(s.paths)} {name} shard(s) of {s.total:,} tokens"
+        for name, s in zip(("train", "val"), found) if s),
         f"every node needs the same shards in --data_dir {args.data_dir}")
     loader = TrainLoader(train, args.seq_len, args.seed, bool(args.shuffle),
                          seqs_per_step=args.total_batch // args.seq_len,
@@ -1523,14 +1503,14 @@ def open_log_dir(run):
     rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
                 "--log_dir")
     if run.rank == 0 and run.ckpt_path:
-        aside = set_aside_other_timeline(run.args.log_dir, run.ckpt_path, run.start_step)
+        notes = [set_aside_other_timeline(run.args.log_dir, run.ckpt_path, run.start_step),
+                 lr_jump(run.args, run.changes, run.start_step)]
         for path in (log.log_file, log.samples_file):
             cut_back_log(path, run.start_step, keep_evals=run.evals_done)
-        continuing = f"continuing from {run.ckpt_path} at step {run.start_step}" + "".join(
-            f"; {k} {old} -> {new}" for k, old, new in run.changes)
-        for line in filter(None, (aside, continuing, lr_jump(run.args, run.changes,
-                                                             run.start_step))):
-            log.print(line)
+        log.print(f"continuing from {run.ckpt_path} at step {run.start_step}"
+                  + "".join(f"; {k} {old} -> {new}" for k, old, new in run.changes))
+        for note in filter(None, notes):
+            log.print(note)
     elif run.rank == 0 and (kept := log.set_aside_old_logs()):
         log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
     run.config = run_config(run) if run.rank == 0 else {}

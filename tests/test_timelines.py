@@ -64,7 +64,7 @@ def test_timelines_resume_and_changed_settings(work, capsys, monkeypatch):
     stamp = aside[0].split(".")[1]
     assert aside == [f"log.{stamp}.txt"] + [f"model_0000{s}.{stamp}.pt" for s in (4, 6, 8)]
     assert [s for s, _ in tg.read_log(log_dir / aside[0]).streams()["train"]] == list(range(8))
-    assert tg.list_checkpoints(log_dir) == [str(log_dir / "model_00002.pt"), str(log_dir / "model_00004.pt")]
+    assert tg.list_checkpoints(log_dir) == [str(log_dir / f"model_0000{s}.pt") for s in (2, 4)]
 
     # the same command again continues from what it saved (step 4), not from step 2 again
     code, out, _ = run_main(capsys, monkeypatch, *again, crash_after=6)
@@ -80,7 +80,7 @@ def test_timelines_resume_and_changed_settings(work, capsys, monkeypatch):
     new_end = torch.load(log_dir / "model_00008.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(new_end["model"][k], first_end["model"][k]) for k in first_end["model"])
     resumed = json.loads((log_dir / "config.json").read_text())["resumed_from"]
-    assert [os.path.basename(p) for p in resumed] == ["model_00002.pt", "model_00004.pt", "model_00006.pt"]
+    assert [os.path.basename(p) for p in resumed] == [f"model_0000{s}.pt" for s in (2, 4, 6)]
 
     # another data dir: refused, and nothing changes; the same folder spelt relatively: no change
     other = shutil.copytree(work["data"], work["root"] / "other_data")
@@ -92,40 +92,71 @@ def test_timelines_resume_and_changed_settings(work, capsys, monkeypatch):
     assert (sorted(os.listdir(log_dir)), (log_dir / "log.txt").read_text()) == before
 
     # on purpose: recorded, and the LR's jump where the longer schedule takes over is on screen
-    code, out, _ = run_main(capsys, monkeypatch, *cmd, "--resume", "--data_dir", other, "--max_steps", "10")
+    code, out, _ = run_main(capsys, monkeypatch, *cmd, "--resume", "--data_dir", other,
+                            "--max_steps", "10")
     assert code == 0, out
     jump = f"{6e-4 * tg.lr_factor(8, 2, 8, 0.1):.4e} -> {6e-4 * tg.lr_factor(8, 2, 10, 0.1):.4e}"
     assert f"note: the LR at step 8 jumps {jump}" in out
     config = json.loads((log_dir / "config.json").read_text())
-    assert {"step": 8, "setting": "data_dir", "old": str(work["data"]), "new": str(other)} in config["setting_changes"]
+    change = {"step": 8, "setting": "data_dir", "old": str(work["data"]), "new": str(other)}
+    assert change in config["setting_changes"]
     rows = dict(wtp.summary_rows(wtp.load_run(log_dir)))
     assert f"step 8: data_dir {work['data']} -> {other}" in rows["setting changes"]
 
 
-def test_ranks_that_see_other_files_stop_together_naming_rank_and_host():
-    # [error or None, what the rank found, its host], by rank
-    fix = "every node must see one --log_dir"
-    tg.disagreement([[None, "log/model_00010.pt (step 10)", "a"]] * 2, fix)  # agreed: no error
-    with pytest.raises(tg.UserError, match=r"^the ranks see different files: rank 0 on box-a: log/model_00010.pt "
-                       r"\(step 10\); rank 1 on box-b: no checkpoint; every node must see one --log_dir$"):
-        tg.disagreement([[None, "log/model_00010.pt (step 10)", "box-a"], [None, "no checkpoint", "box-b"]], fix)
-    with pytest.raises(tg.UserError, match=r"^data dir d does not exist \(rank 1 on box-b; every node"):
-        tg.disagreement([[None, "3 shards", "box-a"], ["data dir d does not exist", None, "box-b"]], fix)
-    with pytest.raises(tg.UserError, match=r"^data dir d does not exist$"):  # as one process says it
-        tg.disagreement([["data dir d does not exist", None, "a"]] * 2, fix)
-
-
-def test_a_shard_missing_on_one_node_is_one_line_naming_it(work, capsys, monkeypatch):
-    """Two ranks, faked in this process: the other rank's gathered view lacks a train shard."""
+def on_two_ranks(monkeypatch, other_rank):
+    """A 2-rank job faked in this process: rank 1's gathered [error, what it found, host] is
+    other_rank(rank 0's)."""
     def all_gather_object(out, mine):
-        out[:] = [mine, [None, mine[1].replace("3 shards", "2 shards"), "box-b"]]
+        out[:] = [mine, other_rank(mine)]
 
     monkeypatch.setattr(tg.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(tg.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(tg.dist, "all_gather_object", all_gather_object)
     monkeypatch.setattr(tg.dist, "destroy_process_group", lambda: None)
+
+
+def test_ranks_agree_or_stop_together_naming_rank_and_host(monkeypatch):
+    fix, host = "every node must see one --log_dir", tg.socket.gethostname()
+
+    def fail(message="data dir d does not exist"):
+        raise tg.UserError(message)
+
+    on_two_ranks(monkeypatch, lambda mine: mine)
+    assert tg.same_on_every_rank(lambda: 7, str, fix) == 7
+    with pytest.raises(tg.UserError, match=r"^data dir d does not exist$"):  # as one process
+        tg.same_on_every_rank(fail, str, fix)
+    on_two_ranks(monkeypatch, lambda mine: [None, "no checkpoint", "box-b"])
+    with pytest.raises(tg.UserError) as e:
+        tg.same_on_every_rank(lambda: "log/model_00010.pt (step 10)", str, fix)
+    assert str(e.value) == (f"the ranks see different files: rank 0 on {host}: log/model_00010.pt "
+                            f"(step 10); rank 1 on box-b: no checkpoint; {fix}")
+    on_two_ranks(monkeypatch, lambda mine: ["data dir d does not exist", None, "box-b"])
+    alone = rf"^data dir d does not exist \(rank 1 on box-b; {fix}\)$"
+    with pytest.raises(tg.UserError, match=alone):
+        tg.same_on_every_rank(lambda: "3 shards", str, fix)
+
+
+@pytest.mark.parametrize("differs", ["checkpoint", "shards"])
+def test_a_node_that_sees_other_files_is_one_line_naming_it(work, capsys, monkeypatch, differs):
+    """Each machine with its own disk: rank 1 (faked) finds a checkpoint where rank 0 finds none,
+    or a train shard fewer."""
+    def other_rank(mine):
+        if differs == "checkpoint" and mine[1] == "no checkpoint":
+            return [None, "log/model_00004.pt (step 4)", "box-b"]
+        if differs == "shards" and "shard(s)" in (mine[1] or ""):
+            return [None, mine[1].replace("3 train", "2 train"), "box-b"]
+        return mine
+
+    on_two_ranks(monkeypatch, other_rank)
+    log_dir = work["root"] / f"two_nodes_{differs}"
     code, _, err = run_main(capsys, monkeypatch, *RUN, "--data_dir", work["data"], "--log_dir",
-                            work["root"] / "two_nodes")
-    line = assert_one_error_line(err, code, "rank 0 on ", "rank 1 on box-b: 2 shards",
-                                 f"every node needs the same shards in --data_dir {work['data']}")
-    assert "3 shards of 1,238 tokens" in line
+                            log_dir)
+    needles = {
+        "checkpoint": ["no checkpoint; rank 1 on box-b: log/model_00004.pt (step 4)",
+                       "every node must see one --log_dir, at the same path (a shared disk)"],
+        "shards": ["rank 0 on ", "3 train shard(s) of 1,238 tokens;",
+                   "rank 1 on box-b: 2 train shard(s)",
+                   f"every node needs the same shards in --data_dir {work['data']}"]}[differs]
+    assert_one_error_line(err, code, "the ranks see different files: rank 0 on ", *needles)
+    assert not log_dir.exists()
