@@ -812,6 +812,17 @@ def get_args(argv=None):
     a("--benchmark", action="store_true", help="train --steps steps on random tokens, write "
       "nothing, print one JSON line (tokens/s, MFU, peak memory)")
     a("--steps", type=pos, default=20, help="steps for --benchmark")
+    a("--tensorboard", type=int, default=0, choices=[0, 1], help="also log to TensorBoard event "
+      "files in <log_dir>/tensorboard (pip install tensorboard)")
+    a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (pip install "
+      "wandb; WANDB_MODE=offline works); the run's id is kept in config.json")
+    a("--wandb_run", metavar="NAME", help="the W&B run's name (default: W&B picks one)")
+    a("--target_val_loss", type=lr, help="say when val loss first reaches this (default: "
+      f"{GPT2_VAL_LOSS}, GPT-2 124M's, claimed on FineWeb-Edu data only)")
+    a("--target_hellaswag", type=number(float, 0, 1), help="say when HellaSwag acc_norm first "
+      f"reaches this (default: {GPT2_HELLASWAG}, GPT-2 124M's, on the full val set only)")
+    a("--usd_per_hour", type=number(float), help="what the machine costs an hour: the ETA, the "
+      "done line and the targets then give the cost")
     a("--export", metavar="CHECKPOINT", help="write a checkpoint as a transformers folder, exit")
     a("--export_dir", help="where --export writes (default: CHECKPOINT without .pt + _hf)")
     return p.parse_args(argv)
@@ -872,6 +883,11 @@ def validate_args(args, world_size):
                         f"seq_len * GPUs = {args.micro_batch}*{args.seq_len}*{world_size}; "
                         f"--micro_batch values that divide it: "
                         f"{micro_batch_options(args, world_size)}")
+    for flag in ("tensorboard", "wandb"):  # optional packages: asked for, imported here
+        try:
+            __import__(flag) if getattr(args, flag) else None
+        except ImportError:
+            raise UserError(f"--{flag} needs the {flag} package: pip install {flag}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -1024,17 +1040,31 @@ def speed_figures(times, tokens_per_step, flops_per_token, peak, device, compile
     first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
     dt = statistics.median(times[max(1, len(times) // 3):] or times)
     tok_s = tokens_per_step / dt
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak_mem = peak_memory_gib(device)
     return {"tokens_per_s": round(tok_s, 1), "step_ms": round(dt * 1000, 2),
             "mfu": round(flops_per_token * tok_s / (peak * world_size), 4) if peak else None,
             "peak_mem_gib": round(peak_mem, 3) if peak_mem else None,
             "compile_s": round(times[0] - dt, 2) if compiled else 0.0}
 
 
+def peak_memory_gib(device):
+    """The most memory torch has held on this GPU since the run began; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def hms(seconds):
     """1h07m: hours and minutes, rounded to the minute (never "2h60m")."""
     h, m = divmod(round(seconds / 60), 60)
     return f"{h}h{m:02d}m"
+
+
+def cost_text(seconds, usd_per_hour, before=" (", after=")"):
+    """What `seconds` of the machine cost at --usd_per_hour, as " ($2.80)"; "" without a price."""
+    return "" if usd_per_hour is None else f"{before}${seconds / 3600 * usd_per_hour:,.2f}{after}"
+
+
+def tokens_text(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def count_due(every, after, last):
@@ -1047,12 +1077,59 @@ def count_due(every, after, last):
 
 LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}",
                "lr": "{:.6e}", "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
-               "mfu": "{:.4f}", "elapsed": "{:.1f}"}
+               "mfu": "{:.4f}", "mem": "{:.2f}", "elapsed": "{:.1f}"}
+
+
+class TensorBoardSink:
+    """--tensorboard 1: event files in <log_dir>/tensorboard (`tensorboard --logdir LOG_DIR`)."""
+
+    def __init__(self, args, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        # purge_step: TensorBoard hides the points at steps >= start_step written before, by a
+        # killed run past its checkpoint (a timeline this run abandons)
+        self.writer = SummaryWriter(f"{args.log_dir}/tensorboard", purge_step=start_step)
+        for summary in hparams({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
+                                for k, v in config.items()}, {"val": None, "hella": None}):
+            self.writer.file_writer.add_summary(summary)  # the settings, in the HPARAMS tab
+        self.close = self.writer.close
+
+    def log(self, step, values, texts):
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        for i, text in enumerate(texts):
+            self.writer.add_text(f"sample{i}", text, step)
+        self.writer.flush()  # as log.txt is: a kill -9 loses nothing before its checkpoint
+
+
+class WandbSink:
+    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. A continued run
+    rewinds it to the step before the one it continues from (wandb's resume_from), which drops
+    the abandoned timeline past the checkpoint; from step 0, with nothing to keep, it starts a
+    new run. WANDB_MODE=offline cannot rewrite what is on disk: each process writes an
+    offline-run folder of its own, the continued one records the rewind, and the server applies
+    it at `wandb sync` (oldest folder first); the older folder keeps the abandoned points."""
+
+    def __init__(self, args, config, start_step):
+        import wandb
+
+        self.wandb, run_id = wandb, config.get("wandb_run_id")
+        rewind = {"resume_from": f"{run_id}?_step={start_step - 1}"} if run_id and start_step \
+            else {}
+        self.run = wandb.init(project=args.wandb, name=args.wandb_run, config=config,
+                              dir=os.environ.get("WANDB_DIR") or args.log_dir, **rewind)
+        config["wandb_run_id"], self.close = self.run.id, self.run.finish
+
+    def log(self, step, values, texts):
+        table = self.wandb.Table(columns=["sample"], data=[[t] for t in texts])
+        self.run.log(values | ({"samples": table} if texts else {}), step=step)
 
 
 class RunLog:
     """All a run writes but checkpoints, on rank 0 only: the console, log.txt, samples.txt and
-    config.json. log_dir None: console only.
+    config.json, and the live views (--tensorboard, --wandb), which get log.txt's values.
+    log_dir None: console only.
 
     The format of log.txt and samples.txt, written here and read by parse_record / read_log (the
     only reader: the write-up tool, the notebook, the benchmarks and the tests all use it): one
@@ -1065,6 +1142,8 @@ class RunLog:
         self.dir, self.master = log_dir, master
         self.log_file, self.samples_file, self.config_file = (
             os.path.join(log_dir or "", n) for n in ("log.txt", "samples.txt", "config.json"))
+        # config.json's dict (its "targets"); the training steps' time, evaluations excluded
+        self.sinks, self.config, self.train_seconds = [], {}, 0.0
 
     def print(self, *args, **kwargs):
         if self.master:
@@ -1072,14 +1151,60 @@ class RunLog:
 
     def record(self, step, **values):
         if self.master and self.dir:
+            texts = {name: LOG_FORMATS.get(name, "{}").format(v) for name, v in values.items()
+                     if v is not None}
             with open(self.log_file, "a") as f:
-                f.writelines(f"{step} {name} {LOG_FORMATS.get(name, '{}').format(v)}\n"
-                             for name, v in values.items() if v is not None)
+                f.writelines(f"{step} {name} {text}\n" for name, text in texts.items())
+            self.train_seconds += values.get("dt", 0) / 1000
+            self.live(step, {name: float(text) for name, text in texts.items()})
 
     def samples(self, step, texts):
         if self.master and self.dir:
             with open(self.samples_file, "a") as f:
                 f.writelines(f"{step} sample{i} {json.dumps(t)}\n" for i, t in enumerate(texts))
+            self.live(step, {}, texts)
+
+    def live(self, step, values, texts=()):
+        """A step's values as log.txt holds them, or its samples, to the live views; the first
+        time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
+        line, and config.json records it."""
+        for sink in self.sinks if values or texts else []:
+            sink.log(step, values, texts)
+        for t in self.config.get("targets", []):
+            v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
+            if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
+                    1 if t["metric"] == "val" else -1) > 0:
+                continue
+            usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
+            t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
+                                train_hours=round(hours, 4),
+                                gpu_hours=round(hours * c["world_size"], 4))
+            self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
+                       f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
+                       f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
+                       + cost_text(hours * 3600, c["usd_per_hour"], ", ", ""))
+            self.write_config(c)
+
+    def begin(self, args, config, start_step):
+        """Once log.txt and samples.txt were cut back to start_step: the live views (they drop
+        what they held from start_step on, so they get again the records of start_step that
+        stay: its evaluations ran before the checkpoint), then config.json."""
+        if self.master and self.dir:
+            log, samples = (read_log(p) if os.path.exists(p) else LogRecords([], [])
+                            for p in (self.log_file, self.samples_file))
+            if self.train_seconds is None:  # a checkpoint older than "train_seconds"
+                self.train_seconds = sum(v for _, name, v in log.records if name == "dt") / 1000
+            self.config, self.sinks = config, [sink(args, config, start_step) for flag, sink in (
+                (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
+            self.live(start_step, {name: v for s, name, v in log.records if s == start_step},
+                      [json.loads(line.split(" ", 2)[2]) for line in samples.unreadable
+                       if line.startswith(f"{start_step} ")])  # samples are not numbers
+        self.write_config(config)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def write_config(self, config):
         if self.master and self.dir:
@@ -1296,6 +1421,7 @@ def train(args):
         if scaler and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         start_step, elapsed_before, evals_done = ckpt["step"], ckpt["elapsed"], ckpt["evals_done"]
+        log.train_seconds = ckpt.get("train_seconds")  # None: an older one (RunLog.begin)
         del ckpt  # a 124M checkpoint holds 1.5 GB of CPU tensors
 
     # ---- setup: the log dir, locked by rank 0 while the run lives; the first writes
@@ -1318,7 +1444,7 @@ def train(args):
         config = run_config(args, log, model_config, n_params, world_size, grad_accum, device,
                             dtype, compile_model, optimizer_settings, loader, val_set, ckpt_path,
                             start_step, changes) if master else {}
-        log.write_config(config)
+        log.begin(args, config, start_step)
     stop = StopRequest(log)
     should_stop = lambda: any_rank(stop.signum is not None, device)  # noqa: E731 (collective)
     peak = peak_flops(device_name(device), args.peak_tflops)
@@ -1336,7 +1462,7 @@ def train(args):
                  "scaler": scaler.state_dict() if scaler else None, "step": step,
                  "evals_done": evals_done,  # the evaluations of `step` ran before this save
                  "config": asdict(model_config), "args": dict(vars(args)), "elapsed": elapsed(),
-                 "val_loss": last_val}
+                 "val_loss": last_val, "train_seconds": log.train_seconds}
         path, error = checkpoint_path(args.log_dir, step), None
         if master:
             try:
@@ -1473,9 +1599,10 @@ def train(args):
             s * count_due(every[task], step, args.max_steps) for task, s in task_seconds.items())
         log.print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} "
                   f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
-                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}")
+                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}"
+                  + cost_text(elapsed() + eta, args.usd_per_hour, " (", " in all)"))
         log.record(step, train=loss_value, lr=lr, norm=norm_value, dt=dt * 1000,
-                   **{"tok/s": tok_s}, mfu=mfu, elapsed=elapsed())
+                   **{"tok/s": tok_s}, mfu=mfu, mem=peak_memory_gib(device), elapsed=elapsed())
         if should_stop() and step + 1 < args.max_steps and not args.benchmark:
             check_weights(step + 1)
             save_checkpoint(step + 1, evals_done=False)
@@ -1493,16 +1620,17 @@ def train(args):
         return 0
     log.record(args.max_steps, elapsed=elapsed())
     log.write_config(config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    n = args.max_steps * args.total_batch
-    tokens = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(elapsed())}"
+    log.print(f"done: {args.max_steps:,} steps, {tokens_text(args.max_steps * args.total_batch)} "
+              f"tokens in {hms(elapsed())}" + cost_text(elapsed(), args.usd_per_hour)
               + (f"; final val loss {last_val:.4f}" if last_val is not None else "")
               + (f"; HellaSwag acc_norm {last_hella:.4f}" if last_hella is not None else "")
               + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
+    log.close()
     return 0
 
 
 def stopped(log, step, stop):
+    log.close()
     log.print(f"stopped at step {step}; run the same command again to continue")
     return 128 + stop.signum
 
@@ -1533,8 +1661,47 @@ def run_config(args, log, model_config, n_params, world_size, grad_accum, device
         val_tokens_used=val_set.n_windows * args.seq_len if val_set else 0,
         started_at=previous.get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         resumed_from=previous.get("resumed_from", []) + ([ckpt_path] if ckpt_path else []),
+        targets=run_targets(args, previous.get("targets", []), start_step),
         setting_changes=previous.get("setting_changes", []) + [
-            {"step": start_step, "setting": k, "old": old, "new": new} for k, old, new in changes])
+            {"step": start_step, "setting": k, "old": old, "new": new} for k, old, new in changes],
+        **{k: previous[k] for k in ["wandb_run_id"] if k in previous})
+
+
+GPT2_VAL_LOSS = 3.2924  # GPT-2 124M (OpenAI's weights) on FineWeb-Edu's val shard (build-nanogpt)
+GPT2_HELLASWAG = 0.2945  # its HellaSwag acc_norm on all 10,042 val examples
+
+
+def is_fineweb_edu(data_dir):
+    """fineweb.py's manifest.json names its input (files from --source get the hub's shard
+    prefix too); shards without one are build-nanogpt's fineweb.py's if named edufineweb_*."""
+    try:
+        with open(os.path.join(data_dir, "manifest.json")) as f:
+            return json.load(f)["settings"]["input"].get("path") == "HuggingFaceFW/fineweb-edu"
+    except FileNotFoundError:
+        return all(os.path.basename(p).startswith("edufineweb_")
+                   for p in find_shards(data_dir, "train"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def run_targets(args, previous, start_step):
+    """config.json's "targets": GPT-2 124M's scores (or --target_*), whether this run may claim
+    each (else a note says why), and where each was first reached: kept across a resume, unless
+    on the timeline past start_step that the resume abandons."""
+    before, targets = {t["metric"]: t for t in previous}, []
+    for metric, given, default, note in (
+            ("val", args.target_val_loss, GPT2_VAL_LOSS, not is_fineweb_edu(args.data_dir) and
+             f"the default val target is GPT-2's FineWeb-Edu score; this run's data is "
+             f"{args.data_dir}, not FineWeb-Edu"),
+            ("hella", args.target_hellaswag, GPT2_HELLASWAG, args.hellaswag_limit and
+             f"GPT-2's score is on all 10,042 HellaSwag val examples; --hellaswag_limit "
+             f"{args.hellaswag_limit} is a subset, not comparable")):
+        target, note = (default, note or None) if given is None else (given, None)
+        old = before.get(metric) or {"reached": None}
+        keep = old["reached"] and old["reached"]["step"] < start_step and old["target"] == target
+        targets.append(dict(metric=metric, target=target, applies=not note, note=note,
+                            reached=old["reached"] if keep else None))
+    return targets
 
 
 # -----------------------------------------------------------------------------
