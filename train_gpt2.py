@@ -1088,8 +1088,10 @@ class TensorBoardSink:
         from torch.utils.tensorboard.summary import hparams
 
         # purge_step: TensorBoard hides the points at steps >= start_step written before, by a
-        # killed run past its checkpoint (a timeline this run abandons)
-        self.writer = SummaryWriter(f"{args.log_dir}/tensorboard", purge_step=start_step)
+        # killed run past its checkpoint (a timeline this run abandons); the earlier ones stand
+        folder = f"{args.log_dir}/tensorboard"
+        self.replay_from = start_step if os.path.isdir(folder) else 0  # see RunLog.begin
+        self.writer = SummaryWriter(folder, purge_step=start_step)
         for summary in hparams({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
                                 for k, v in config.items()}, {"val": None, "hella": None}):
             self.writer.file_writer.add_summary(summary)  # the settings, in the HPARAMS tab
@@ -1104,19 +1106,20 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. A continued run
-    rewinds it to the step before the one it continues from (wandb's resume_from), which drops
-    the abandoned timeline past the checkpoint; from step 0, with nothing to keep, it starts a
-    new run. WANDB_MODE=offline cannot rewrite what is on disk: each process writes an
-    offline-run folder of its own, the continued one records the rewind, and the server applies
-    it at `wandb sync` (oldest folder first); the older folder keeps the abandoned points."""
+    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. wandb sends what it
+    is given every ~15 s, so a kill -9 loses the last seconds, before the checkpoint too: a
+    continued run rewinds the run to step 0 (wandb's resume_from; a killed run has logged step 0
+    long before its first checkpoint) and logs log.txt's records again from step 1, which also
+    drops the abandoned timeline past the checkpoint. WANDB_MODE=offline rewrites nothing on
+    disk: each process writes an offline-run folder of its own, the continued one records the
+    rewind, and the server applies it at `wandb sync` (oldest folder first)."""
 
     def __init__(self, args, config, start_step):
         import wandb
 
         self.wandb, run_id = wandb, config.get("wandb_run_id")
-        rewind = {"resume_from": f"{run_id}?_step={start_step - 1}"} if run_id and start_step \
-            else {}
+        rewind = {"resume_from": f"{run_id}?_step=0"} if run_id and start_step else {}
+        self.replay_from = 1 if rewind else 0  # see RunLog.begin
         self.run = wandb.init(project=args.wandb, name=args.wandb_run, config=config,
                               dir=os.environ.get("WANDB_DIR") or args.log_dir, **rewind)
         config["wandb_run_id"], self.close = self.run.id, self.run.finish
@@ -1143,7 +1146,7 @@ class RunLog:
         self.log_file, self.samples_file, self.config_file = (
             os.path.join(log_dir or "", n) for n in ("log.txt", "samples.txt", "config.json"))
         # config.json's dict (its "targets"); the training steps' time, evaluations excluded
-        self.sinks, self.config, self.train_seconds = [], {}, 0.0
+        self.sinks, self.config, self.train_seconds, self.start_step = [], {}, 0.0, 0
 
     def print(self, *args, **kwargs):
         if self.master:
@@ -1164,21 +1167,21 @@ class RunLog:
                 f.writelines(f"{step} sample{i} {json.dumps(t)}\n" for i, t in enumerate(texts))
             self.live(step, {}, texts)
 
-    def live(self, step, values, texts=()):
+    def live(self, step, values, texts=(), sinks=None):
         """A step's values as log.txt holds them, or its samples, to the live views; the first
         time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
         line, and config.json records it."""
-        for sink in self.sinks if values or texts else []:
+        for sink in (self.sinks if sinks is None else sinks) if values or texts else []:
             sink.log(step, values, texts)
-        for t in self.config.get("targets", []):
+        for t in self.config.get("targets", []) if step >= self.start_step else []:
             v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
             if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
                     1 if t["metric"] == "val" else -1) > 0:
                 continue
             usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
             t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
-                                train_hours=round(hours, 4),
-                                gpu_hours=round(hours * c["world_size"], 4))
+                                train_hours=round(hours, 6),
+                                gpu_hours=round(hours * c["world_size"], 6))
             self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
                        f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
                        f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
@@ -1186,19 +1189,24 @@ class RunLog:
             self.write_config(c)
 
     def begin(self, args, config, start_step):
-        """Once log.txt and samples.txt were cut back to start_step: the live views (they drop
-        what they held from start_step on, so they get again the records of start_step that
-        stay: its evaluations ran before the checkpoint), then config.json."""
+        """Once log.txt and samples.txt were cut back to start_step: the live views, given again
+        what they lost of the records that stay, from their replay_from on (at least those of
+        start_step: its evaluations ran before the checkpoint); then config.json."""
         if self.master and self.dir:
             log, samples = (read_log(p) if os.path.exists(p) else LogRecords([], [])
                             for p in (self.log_file, self.samples_file))
             if self.train_seconds is None:  # a checkpoint older than "train_seconds"
                 self.train_seconds = sum(v for _, name, v in log.records if name == "dt") / 1000
-            self.config, self.sinks = config, [sink(args, config, start_step) for flag, sink in (
-                (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
-            self.live(start_step, {name: v for s, name, v in log.records if s == start_step},
-                      [json.loads(line.split(" ", 2)[2]) for line in samples.unreadable
-                       if line.startswith(f"{start_step} ")])  # samples are not numbers
+            self.config, self.start_step, self.sinks = config, start_step, [
+                sink(args, config, start_step) for flag, sink in (
+                    (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
+            steps = {}  # step -> (values, samples), samples.txt's lines being no numbers
+            for step, name, value in log.records:
+                steps.setdefault(step, ({}, []))[0][name] = value
+            for step, _, text in map(parse_record, samples.unreadable):
+                steps.setdefault(step, ({}, []))[1].append(json.loads(text))
+            for step, (values, texts) in sorted(steps.items()):
+                self.live(step, values, texts, [s for s in self.sinks if step >= s.replay_from])
         self.write_config(config)
 
     def close(self):
