@@ -224,7 +224,8 @@ def test_live_views_match_log_txt_across_a_kill(work):
     # wandb writes its file every 15 s: a real run has logged step 0 long before its first
     # checkpoint, this one only if wandb writes at once
     env = dict(work["env"], WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true",
-               WANDB__TRANSACTION_LOG_FLUSH_INTERVAL="0.01")
+               WANDB__TRANSACTION_LOG_FLUSH_INTERVAL="0.01", WANDB__DISABLE_STATS="true",
+               WANDB__DISABLE_META="true", WANDB__SAVE_REQUIREMENTS="false")
     args = [*FAST, "--data_dir", work["data"], "--log_dir", log_dir, "--tensorboard", "1", "--wandb", "tiny",
             "--sample_every", "2", "--num_samples", "2", "--sample_tokens", "4", "--target_val_loss", "20"]
     # killed once log.txt holds a training step at or past the last checkpoint: the continued run
