@@ -1212,7 +1212,6 @@ class RunLog:
     def close(self):
         for sink in self.sinks:
             sink.close()
-        self.sinks = []
 
     def write_config(self, config):
         if self.master and self.dir:

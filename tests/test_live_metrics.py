@@ -69,16 +69,17 @@ def log_streams(log_dir):
 
 def test_without_the_flags_nothing_is_imported_and_no_file_appears(plain):
     log_dir, _, imported = plain
-    assert not [m for m in imported if m.split(".")[0] in LIVE_MODULES or m.startswith(LIVE_MODULES)]
-    assert sorted(os.listdir(log_dir)) == ["config.json", "log.txt", "model_00002.pt", "model_00004.pt"]
+    assert not [m for m in imported if m.startswith(LIVE_MODULES)]
+    assert sorted(os.listdir(log_dir)) == ["config.json", "log.txt", "model_00002.pt",
+                                           "model_00004.pt"]
     assert "wandb_run_id" not in json.loads((log_dir / "config.json").read_text())
 
 
 def test_a_live_view_that_is_not_installed_is_one_line(work, tmp_path, capsys, monkeypatch):
     for flags, package in ((["--tensorboard", "1"], "tensorboard"), (["--wandb", "p"], "wandb")):
         monkeypatch.setitem(sys.modules, package, None)  # `import package` now fails
-        code, out, err = run_main(capsys, *FAST, "--data_dir", work["data"], "--log_dir", tmp_path / "x",
-                                  *flags)
+        code, out, err = run_main(capsys, *FAST, "--data_dir", work["data"],
+                                  "--log_dir", tmp_path / "x", *flags)
         assert_one_error_line(err, code, f"pip install {package}")
         assert not (tmp_path / "x").exists(), "checked before anything was built"
 
@@ -91,7 +92,8 @@ def test_usd_per_hour_gives_the_projected_and_the_actual_cost(plain):
     log_dir, out, _ = plain
     steps = [line for line in out.splitlines() if re.match(r"step +\d+ \| loss", line)]
     assert len(steps) == 4
-    assert all(re.search(r"\| eta \d+h\d\dm \(\$\d+\.\d\d in all\)$", line) for line in steps), steps
+    eta = r"\| eta \d+h\d\dm \(\$\d+\.\d\d in all\)$"
+    assert all(re.search(eta, line) for line in steps), steps
     done = re.search(r"^done: .* in \d+h\d\dm \(\$(\d+\.\d\d)\);", out, re.M)
     elapsed = log_streams(log_dir)["elapsed"][-1][1]  # seconds, as the done: line counts them
     assert done and abs(float(done.group(1)) - elapsed / 3600 * 2.5) <= 0.006, out
@@ -112,12 +114,14 @@ def test_target_crossed_at_a_later_evaluation_is_printed_and_recorded(work, plai
     lines = [line for line in out.splitlines() if line.startswith("target reached")]
     assert len(lines) == 1 and " at step 2, 256 tokens, " in lines[0] and "$" in lines[0], lines
     val, hella = json.loads((log_dir / "config.json").read_text())["targets"]
-    assert (val["metric"], val["target"], val["applies"], val["note"]) == ("val", target, True, None)
-    reached = val["reached"]
-    assert (reached["step"], reached["tokens"], reached["value"]) == (2, 256, dict(log_streams(log_dir)["val"])[2])
+    assert (val["metric"], val["target"], val["applies"], val["note"]) == ("val", target, True,
+                                                                           None)
+    reached, logged_val = val["reached"], dict(log_streams(log_dir)["val"])[2]
+    assert (reached["step"], reached["tokens"], reached["value"]) == (2, 256, logged_val)
     # training time: the steps before it, evaluations excluded; one process counts as one device
     trained = sum(v for s, v in log_streams(log_dir)["dt"] if s < 2) / 1000 / 3600
-    assert abs(reached["train_hours"] - trained) < 1e-5 and reached["gpu_hours"] == reached["train_hours"]
+    assert abs(reached["train_hours"] - trained) < 1e-5
+    assert reached["gpu_hours"] == reached["train_hours"]
     assert reached["usd"] == round(reached["train_hours"] * 2.5, 2)
     assert hella["reached"] is None and hella["target"] == tg.GPT2_HELLASWAG  # never evaluated
 
@@ -135,21 +139,25 @@ def test_default_targets_are_claimed_only_where_they_compare(work, tmp_path):
     # HellaSwag's default on a subset is not comparable; an explicit target is
     assert "--hellaswag_limit 100" in targets("--hellaswag_limit", 100)["hella"]["note"]
     assert targets("--hellaswag_limit", 100, "--target_hellaswag", 0.3)["hella"]["applies"]
-    # a target reached before the step a run continues from stays; one on the abandoned timeline goes
-    previous = [dict(metric="val", target=3.3, reached=dict(step=4)), dict(metric="hella", target=0.2945,
-                                                                            reached=dict(step=6))]
+    # a target reached before the step a run continues from stays; one on the abandoned
+    # timeline goes, and so does one reached for another target value
+    previous = [dict(metric="val", target=3.3, reached=dict(step=4)),
+                dict(metric="hella", target=0.2945, reached=dict(step=6))]
     kept = targets("--target_val_loss", 3.3, previous=previous, start_step=5)
     assert kept["val"]["reached"] == {"step": 4} and kept["hella"]["reached"] is None
-    assert targets("--target_val_loss", 3.2, previous=previous, start_step=5)["val"]["reached"] is None
+    changed = targets("--target_val_loss", 3.2, previous=previous, start_step=5)
+    assert changed["val"]["reached"] is None
     # which shards are FineWeb-Edu: fineweb.py's manifest names its input; build-nanogpt's by name
     manifest = {"settings": {"input": {"type": "hub", "path": "HuggingFaceFW/fineweb-edu"}}}
     (tmp_path / "hub").mkdir()
     (tmp_path / "hub/manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "files").mkdir()
-    (tmp_path / "files/manifest.json").write_text(json.dumps({"settings": {"input": {"type": "files"}}}))
+    files = {"settings": {"input": {"type": "files"}}}
+    (tmp_path / "files/manifest.json").write_text(json.dumps(files))
     (tmp_path / "nanogpt").mkdir()
     (tmp_path / "nanogpt/edufineweb_train_000001.npy").write_bytes(b"")
-    assert [tg.is_fineweb_edu(tmp_path / d) for d in ("hub", "files", "nanogpt")] == [True, False, True]
+    found = [tg.is_fineweb_edu(tmp_path / d) for d in ("hub", "files", "nanogpt")]
+    assert found == [True, False, True]
     assert not tg.is_fineweb_edu(work["data"])
 
 
@@ -158,8 +166,9 @@ def test_default_targets_are_claimed_only_where_they_compare(work, tmp_path):
 
 
 def wandb_records(path):
-    """The records of a .wandb file (wandb's transaction log: LevelDB's log format, 32 KiB blocks of
-    chunks with a 7-byte header crc32/length/type, after a 7-byte file header ":W&B" key version)."""
+    """The records of a .wandb file (wandb's transaction log: LevelDB's log format, 32 KiB
+    blocks of chunks with a 7-byte header crc32/length/type, after a 7-byte file header
+    ":W&B", key, version)."""
     from wandb.proto import wandb_internal_pb2
 
     data, pos, chunk, out = Path(path).read_bytes(), 7, b"", []
@@ -189,7 +198,8 @@ def wandb_history(wandb_dir):
                 if record.run.HasField("branch_point"):
                     branch = record.run.branch_point
                     branches.append((branch.run, branch.value))
-                    history = {n: {s: v for s, v in p.items() if s <= branch.value} for n, p in history.items()}
+                    history = {n: {s: v for s, v in p.items() if s <= branch.value}
+                               for n, p in history.items()}
             elif kind == "history":
                 row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
                        for item in record.history.item}
@@ -226,13 +236,16 @@ def test_live_views_match_log_txt_across_a_kill(work):
     env = dict(work["env"], WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true",
                WANDB__TRANSACTION_LOG_FLUSH_INTERVAL="0.01", WANDB__DISABLE_STATS="true",
                WANDB__DISABLE_META="true", WANDB__SAVE_REQUIREMENTS="false")
-    args = [*FAST, "--data_dir", work["data"], "--log_dir", log_dir, "--tensorboard", "1", "--wandb", "tiny",
-            "--sample_every", "2", "--num_samples", "2", "--sample_tokens", "4", "--target_val_loss", "20"]
+    args = [*FAST, "--data_dir", work["data"], "--log_dir", log_dir, "--tensorboard", "1",
+            "--wandb", "tiny", "--sample_every", "2", "--num_samples", "2", "--sample_tokens", "4",
+            "--target_val_loss", "20"]
     # killed once log.txt holds a training step at or past the last checkpoint: the continued run
     # re-does that step, and the live views must drop what the killed run showed of it
-    code, first, _ = signal_run_when(env, args, work["root"] / "live.out", lambda: logged_past_checkpoint(log_dir),
+    code, first, _ = signal_run_when(env, args, work["root"] / "live.out",
+                                     lambda: logged_past_checkpoint(log_dir),
                                      "a checkpoint and a record past it", signal.SIGKILL)
-    assert code == -signal.SIGKILL and "model_00004.pt" not in os.listdir(log_dir), "killed too late"
+    assert code == -signal.SIGKILL, first
+    assert "model_00004.pt" not in os.listdir(log_dir), "killed too late"
     assert "target reached: val" in first and " at step 0, " in first
     config = json.loads((log_dir / "config.json").read_text())
     run_id, reached = config["wandb_run_id"], config["targets"][0]["reached"]
