@@ -1,9 +1,12 @@
 """
 A run's log.txt + config.json -> results/<run>/training_params.md and the loss / HellaSwag figure
 loss.png (every number computed from the two files), with config.json, log.txt and samples.txt
-copied beside them.  From the repo root: `from results import write_training_params as wtp`, or
+copied beside them. From the repo root: `from results import write_training_params as wtp`, or
 
-    python results/write_training_params.py LOG_DIR [--out DIR (default results/<LOG_DIR's name>)] [--force]
+    python results/write_training_params.py LOG_DIR [--out DIR] [--force]
+
+(--out defaults to results/<LOG_DIR's name>). log.txt is read by train_gpt2.read_log, the one
+reader of the format that train_gpt2.RunLog writes.
 """
 
 import argparse
@@ -11,10 +14,15 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script, sys.path starts at results/
+    sys.path.append(str(REPO))
+import train_gpt2  # noqa: E402  (log.txt's reader)
 
 # reference lines (karpathy/build-nanogpt): OpenAI's GPT-2 124M loss on the FineWeb-Edu val shard
 # and its HellaSwag acc_norm (completion style, as hellaswag.py scores it); GPT-3 Small (125M)
@@ -31,27 +39,13 @@ class RunError(Exception):
         return [f"RunError: {self}"]
 
 
-def parse_log(path):
-    """log.txt -> {name: [(step, value), ...] sorted by step}. Lines that are not '{step} {name}
-    {value}' are skipped; a step logged twice (a resumed run) keeps its later record; a last line
-    without its newline is dropped (still being written, or cut off by a crash)."""
-    streams = {}
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
-        parts = line.split()
-        if len(parts) == 3 and parts[0].isdigit():
-            try:
-                streams.setdefault(parts[1], {})[int(parts[0])] = float(parts[2])
-            except ValueError:
-                pass
-    return {name: sorted(points.items()) for name, points in streams.items()}
-
-
 @dataclass
 class Run:
     name: str            # the log dir's name
     log_path: Path
-    log: dict            # parse_log()
+    log: dict            # train_gpt2.read_log(log_path).streams(): {name: [(step, value)]}
     config: dict | None  # the config.json beside the log, if any
+    unreadable: list = field(default_factory=list)  # the lines of log.txt that are not records
 
 
 def load_run(path):
@@ -67,7 +61,9 @@ def load_run(path):
             raise RunError(f"{config_path} is not valid JSON ({e})") from None
         if not isinstance(config, dict):
             raise RunError(f"{config_path} does not hold a JSON object")
-    return Run(log_path.resolve().parent.name, log_path, parse_log(log_path), config)
+    records = train_gpt2.read_log(log_path)
+    return Run(log_path.resolve().parent.name, log_path, records.streams(), config,
+               records.unreadable)
 
 
 def summarize_run(run):

@@ -1,11 +1,12 @@
 """
-Tests for the reporting side: results/write_training_params.py (log parser, figure, write-up, CLI)
-and show_results.ipynb run headless.
+Tests for the reporting side: results/write_training_params.py (log reading with
+train_gpt2.read_log, figure, write-up, CLI) and show_results.ipynb run headless.
 
     python -m pytest tests/test_results.py -q
 
 check_writeup() recomputes every number of a generated training_params.md from the raw log.txt and
-config.json with this file's own small parser (not the module's), so a wrong number fails here.
+config.json with this file's own small parser (not train_gpt2's reader: an independent check), so a
+wrong number fails here.
 The last test trains a tiny model on CPU with train_gpt2.py and runs the notebook on its log.
 """
 
@@ -307,32 +308,38 @@ def run_notebook(monkeypatch, logs, out_dir, write_up=False):
 
 
 # -----------------------------------------------------------------------------
-# the parser
+# the reader: train_gpt2.read_log, as load_run gives it
 
-def test_parse_log_sorts_and_the_later_record_wins(tmp_path):
+def read_streams(path):
+    """log.txt -> {name: [(step, value)]}, as the write-up and the notebook see it."""
+    return wtp.load_run(path).log
+
+
+def test_read_log_sorts_and_the_later_record_wins(tmp_path):
     # a first run logs steps 0..9 and crashes; the resumed run restarts at step 5 and goes to 12
     first = "".join(f"{s} train {10 - s * 0.1:.6f}\n" for s in range(10))
     second = "".join(f"{s} train {5 - s * 0.1:.6f}\n" for s in range(5, 13))
-    streams = wtp.parse_log(write_log(tmp_path / "log.txt", "5 val 3.5\n0 val 4.0\n" + first + "5 val 9.0\n"
-                                      + second + "5 val 4.5\n"))
+    streams = read_streams(write_log(tmp_path / "log.txt", "5 val 3.5\n0 val 4.0\n" + first
+                                     + "5 val 9.0\n" + second + "5 val 4.5\n"))
     assert streams["val"] == [(0, 4.0), (5, 4.5)]
     assert [s for s, _ in streams["train"]] == list(range(13))
     assert all(v == pytest.approx(10 - s * 0.1 if s < 5 else 5 - s * 0.1) for s, v in streams["train"])
 
 
 @pytest.mark.parametrize("tail", ["3 train 9.1", "3 tra", "3", "3 train 9.1 "])
-def test_parse_log_drops_unterminated_last_line(tmp_path, tail):
+def test_read_log_drops_unterminated_last_line(tmp_path, tail):
     log = write_log(tmp_path / "log.txt", "0 train 10.0\n1 train 9.5\n2 train 9.3\n" + tail)
-    assert wtp.parse_log(log)["train"] == [(0, 10.0), (1, 9.5), (2, 9.3)]
+    assert read_streams(log)["train"] == [(0, 10.0), (1, 9.5), (2, 9.3)]
+    assert wtp.load_run(log).unreadable == []  # still being written: not garbled
 
 
-def test_parse_log_skips_garbled_keeps_unknown(tmp_path):
+def test_read_log_skips_garbled_keeps_unknown(tmp_path):
     text = ("\n   \n0 train 10.0\nstep 1 | loss 9.0\n1 train\n1 train nine\n-1 train 3.0\n"
             "1.5 train 3.0\n\x00\x01\x02 binary\n2 train 9.0 extra\n1 my_metric 0.5\n"
             "1 train 9.5\r\n2 tok/s 12345.6\n")
-    streams = wtp.parse_log(write_log(tmp_path / "log.txt", text))
+    streams = read_streams(write_log(tmp_path / "log.txt", text))
     assert streams == {"train": [(0, 10.0), (1, 9.5)], "my_metric": [(1, 0.5)], "tok/s": [(2, 12345.6)]}
-    assert wtp.parse_log(write_log(tmp_path / "empty.txt", "")) == {}
+    assert read_streams(write_log(tmp_path / "empty.txt", "")) == {}
 
 
 def test_load_run_reads_the_config_beside_the_log(tmp_path):
@@ -456,7 +463,8 @@ def test_notebook_without_a_log_says_what_to_do(tmp_path):
     """`jupyter execute show_results.ipynb` as a user runs it (no PYTHONPATH: the cwd is the checkout),
     where there is no log/log.txt yet: it fails with one line that says what to do."""
     pytest.importorskip("nbclient")
-    for name in ("show_results.ipynb", "results/__init__.py", "results/write_training_params.py"):
+    for name in ("show_results.ipynb", "results/__init__.py", "results/write_training_params.py",
+                 "train_gpt2.py", "hellaswag.py"):  # the write-up reads log.txt with train_gpt2
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOW_RESULTS_") and k != "PYTHONPATH"}
