@@ -122,6 +122,24 @@ def raw_streams(log_path):
     return streams
 
 
+def raw_unreadable(log_path):
+    """The complete lines of the log that are not '{step} {name} {number}', independent of the
+    module."""
+    lines = Path(log_path).read_text(encoding="utf-8").split("\n")[:-1]
+    return [line for line in lines if not re.fullmatch(r"\d+ \S+ \S+", line)
+            or not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|-?inf",
+                                line.split(" ")[2])]
+
+
+def numbers_in(value):
+    """Every number in a config value, nested lists and dicts included (targets, setting_changes)."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers_in(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers_in(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
 def flat_config(config, prefix=""):
     for key, value in config.items():
         if isinstance(value, dict):
@@ -253,6 +271,18 @@ def check_writeup(md_path, log_path, config):
         assert f"step {c['step']}: {c['setting']} {c['old']} -> {c['new']}" in rows["setting changes"]
     if not changes:
         assert rows["setting changes"] == "none"
+    unreadable = raw_unreadable(log_path)  # counted, the first shown, never silently dropped
+    first = unreadable and (repr(unreadable[0]) if unreadable[0].strip() else "blank")
+    assert rows["unreadable log lines"] == (f"{len(unreadable)} left out; the first: {first}"
+                                            if unreadable else "none")
+    if e["wall"] is not None:  # "~11 hours, ~$7", as build-nanogpt's README gives it
+        hours, usd = e["wall"] / 3600, config.get("usd_per_hour")
+        m = re.fullmatch(r"~([\d.]+) (hours|minutes|seconds)(?:, ~\$([\d.]+))? \(.*\)",
+                         rows["time and cost"])
+        assert m, rows["time and cost"]
+        unit = {"hours": 1, "minutes": 60, "seconds": 3600}[m.group(2)]
+        assert is_rounding_of(m.group(1), {hours * unit})
+        assert (m.group(3) is None) == (not usd) and (not usd or is_rounding_of(m.group(3), {hours * usd}))
     unfinished = re.search(r"The log ends after step ([\d,]+) of ([\d,]+)", md)
     if e["steps"] < config["max_steps"]:
         assert unfinished and unfinished.groups() == (f"{e['steps']:,}", f"{config['max_steps']:,}")
@@ -261,17 +291,19 @@ def check_writeup(md_path, log_path, config):
 
     # 3) no number anywhere in the write-up that the log and config do not give
     text = md.replace("GPT-2 124M", " ").replace("GPT-3 124M", " ")
+    if unreadable:
+        text = text.replace(repr(unreadable[0]), " ")
     strings = [v for _, v in flat_config(config) if isinstance(v, str) and v]
     strings += [item for _, v in flat_config(config) if isinstance(v, list) for item in v if isinstance(item, str)]
     for s in sorted(strings, key=len, reverse=True):
         text = text.replace(s, " ")
     allowed = {wtp.REF_GPT2_VAL_LOSS, wtp.REF_GPT2_HELLA, wtp.REF_GPT3_HELLA, len(resumed),
-               config["max_lr"] * config["min_lr_ratio"], e["epochs"], e["steps"]}
-    for _, v in flat_config(config):
-        for x in (v if isinstance(v, list) else [v]):
-            for y in (x.values() if isinstance(x, dict) else [x]):  # setting_changes: dicts
-                if isinstance(y, (int, float)) and not isinstance(y, bool):
-                    allowed.add(y)
+               config["max_lr"] * config["min_lr_ratio"], e["epochs"], e["steps"],
+               wtp.HELLASWAG_EXAMPLES, len(unreadable)}
+    allowed.update(numbers_in(config))
+    for target in config.get("targets") or []:  # tokens to reach it, in millions or billions
+        allowed.update({target["reached"]["tokens"] / 1e6, target["reached"]["tokens"] / 1e9}
+                       if target.get("reached") else ())
     for name in ("train", "val", "hella"):
         allowed.update(raw_streams(log_path).get(name, {}))  # steps
     for key in ("final_train", "final_val", "best_val", "final_hella", "best_hella"):
@@ -279,7 +311,8 @@ def check_writeup(md_path, log_path, config):
     for n in (e["tokens_seen"], config["n_params"]):
         allowed.update({n, n / 1e6, n / 1e9})
     if e["wall"] is not None:
-        allowed.update({e["wall"], e["wall"] / 3600})
+        allowed.update({e["wall"], e["wall"] / 3600, e["wall"] / 60})
+        allowed.add(e["wall"] / 3600 * (config.get("usd_per_hour") or 0))
     allowed.update(x for x in (e["tok/s"], e["mfu"] and 100 * e["mfu"]) if x is not None)
     bad = [n for n in (m.group(0).replace(",", "") for m in NUMBER.finditer(text)) if not is_rounding_of(n, allowed)]
     assert not bad, f"numbers in the write-up that the log and config do not give: {bad}"
@@ -416,6 +449,39 @@ def test_writeup_updates_the_same_run_and_refuses_another(tmp_path):
     assert (out / "log.txt").read_bytes() == (log_dir / "log.txt").read_bytes()
     wtp.write_training_params(other, out, force=True)
     assert (out / "log.txt").read_bytes() == (other / "log.txt").read_bytes()
+
+
+def test_writeup_counts_unreadable_lines_and_shows_no_nan_it_did_not_log(tmp_path, capsys):
+    """Issue 38: lines that are not records were dropped without a word, and one nan record (a
+    diverged eval, an MFU of nothing) turned a median or a best into "nan"."""
+    log_dir = tmp_path / "run"
+    config = make_config(log_dir, max_steps=20, resumed_from=[], setting_changes=[])
+    (log_dir / "config.json").parent.mkdir(parents=True)
+    (log_dir / "config.json").write_text(json.dumps(config))
+    lines = []
+    for s in range(21):
+        if s % 10 == 0:  # the eval at step 10 diverged
+            lines.append(f"{s} val " + ("nan" if s == 10 else f"{9 - 0.05 * s:.4f}"))
+        if s < 20:
+            lines += [f"{s} train {10 - 0.1 * s:.6f}", f"{s} mfu " + ("nan" if s == 3 else "0.4000"),
+                      f"{s} elapsed {0.5 * (s + 1):.1f}"]
+        if s == 12:
+            lines += ["12 val 3.2a", "\x00\x00\x00", "13 train"]  # garbled: 3 lines
+    write_log(log_dir / "log.txt", "\n".join(lines) + "\n")
+    assert wtp.main([str(log_dir), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "3 lines could not be read and are left out (the first: '12 val 3.2a')" in printed
+    md = (tmp_path / "out" / "training_params.md").read_text()
+    rows = table_rows(md)
+    assert rows["unreadable log lines"] == "3 left out; the first: '12 val 3.2a'"
+    assert "3 lines of log.txt are not records" in md
+    assert rows["median MFU"] == "40.00 %" and rows["best val loss"] == "8.0000 (step 20)"
+    assert "nan" not in md.lower()  # the nan records are in the log, but decide nothing here
+    # a run whose last eval logged nan: the write-up says so, as logged
+    write_log(log_dir / "log.txt", "0 val 9.0\n0 train 10.0\n1 val nan\n")
+    rows = table_rows(wtp.render_markdown(wtp.load_run(log_dir)))
+    assert rows["final val loss"] == "nan (step 1)" and rows["best val loss"] == "9.0000 (step 0)"
+    assert rows["unreadable log lines"] == "none"
 
 
 def test_cli(tmp_path):
