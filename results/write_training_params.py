@@ -187,14 +187,15 @@ def plot_curves(ax_loss, ax_hella, run, x, style, prefix, smooth):
     return shown + list(val[len(val) // 50:])
 
 
-def mark_run(ax_loss, ax_hella, run, x, color, prefix):
-    """A thin vertical line with a label at each resume and setting change; the run's targets
-    (where they are not a reference line already) and where it reached them."""
+def mark_run(ax_loss, ax_hella, run, x, color, prefix, side="right"):
+    """A thin vertical line with a label at each resume and setting change (side: the label's edge
+    on the line, so "right" puts it left of the line); the run's targets (where they are not a
+    reference line already) and where it reached them."""
     for step, label in curve_markers(run):
         for ax in (ax_loss, ax_hella):
             ax.axvline(x([step])[0], color=color, linewidth=0.6, alpha=0.6)
             ax.text(x([step])[0], 0.99, f" {prefix}{label}", rotation=90, fontsize=7, va="top",
-                    ha="right", color=color, transform=ax.get_xaxis_transform())
+                    ha=side, color=color, transform=ax.get_xaxis_transform())
     for t in applying_targets(run):
         ax, (name, ref, sign) = ax_loss if t["metric"] == "val" else ax_hella, METRICS[t["metric"]]
         if t["target"] != ref:
@@ -231,7 +232,7 @@ def plot_runs(runs, out_path=None, x_axis="step", smooth=None):
         color, prefix = f"C{i % 10}", f"{run.name} " if len(runs) > 1 else ""
         losses += plot_curves(ax_loss, ax_hella, run, x, {"color": color, "markersize": 3}, prefix,
                               smooth)
-        mark_run(ax_loss, ax_hella, run, x, color, prefix)
+        mark_run(ax_loss, ax_hella, run, x, color, prefix, ("right", "left")[i % 2])
     losses = [v for v in losses if np.isfinite(v)]
     near = bool(losses and min(losses) <= REF_GPT2_VAL_LOSS + 3)  # a far one squashes the curves
     far = "" if near or not losses else ", below the plotted range"
@@ -325,13 +326,14 @@ def target_text(target, log):
 
 
 def unreadable_text(run):
-    """How many lines of log.txt could not be read (they are left out of everything), and the
-    first of them."""
-    if not run.unreadable:
-        return "none"
-    first = run.unreadable[0]
-    shown = repr(first if len(first) <= 60 else first[:57] + "...") if first.strip() else "blank"
-    return f"{len(run.unreadable):,} left out; the first: {shown}"
+    """Which lines of log.txt could not be read (they are left out of everything): the first
+    that is not blank, or "" when there are none."""
+    first = next((i for i, line in enumerate(run.unreadable) if line.strip()), None)
+    if first is None:
+        return "all blank" if run.unreadable else ""
+    line = run.unreadable[first]
+    shown = repr(line if len(line) <= 60 else line[:57] + "...")
+    return f"the first{' non-blank' if first else ''}: {shown}"
 
 
 def summary_rows(run, summary=None):
@@ -390,7 +392,8 @@ def summary_rows(run, summary=None):
                for c in cfg.get("setting_changes") or []]
     rows.append(("setting changes", "; ".join(changes) + " (the rows above show the new values)"
                  if changes else "none"))
-    rows.append(("unreadable log lines", unreadable_text(run)))
+    rows.append(("unreadable log lines", f"{len(run.unreadable):,} left out; {unreadable_text(run)}"
+                 if run.unreadable else "none"))
     return rows
 
 
@@ -455,7 +458,7 @@ def write_training_params(log_dir, out_dir=None, figure_path=None, force=False):
                 shutil.copyfile(run.log_path.parent / name, out_dir / name)
     if run.unreadable:
         print(f"{run.log_path}: {len(run.unreadable):,} lines could not be read and are left out "
-              f"({unreadable_text(run).split('; ', 1)[1]})")
+              f"({unreadable_text(run)})")
     if figure_path is None:
         figure_path = out_dir / "loss.png"
         plot_runs(run, figure_path)
