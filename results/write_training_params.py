@@ -383,7 +383,8 @@ def summary_rows(run, summary=None):
         ("best val loss", "best_val"), ("final HellaSwag acc_norm", "final_hella"),
         ("best HellaSwag acc_norm", "best_hella"))]
     rows += [(f"{METRICS[t['metric']][0]} target", target_text(t, run.log))
-             for t in cfg.get("targets") or [] if t.get("metric") in METRICS]
+             for t in cfg.get("targets") or [] if isinstance(t, dict) and "target" in t
+             and t.get("metric") in METRICS]
     resumed = cfg.get("resumed_from") or []
     rows.append(("resumes", f"{len(resumed)}: " + ", ".join(map(str, resumed)) if resumed
                  else "none"))
