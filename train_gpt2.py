@@ -15,8 +15,9 @@ The file reads top to bottom, in the order of the lecture:
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
   6. the arguments;
-  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), then train(): the setup,
-     and the loop (evaluation, training step, logging);
+  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), the log; then train():
+     start_run (every check), build_model, restore (continue) or start, and the loop:
+     evaluate, sample, checkpoint, the training step, log;
   8. entry points: --export, main().
 """
 
@@ -225,7 +226,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # keep only the block's input; its insides are recomputed in the backward:
-                # ~1/17 of the activation memory for ~1/3 more compute
+                # ~1/7 of the blocks' activation memory at 12 layers, ~1/13 at 48 (by
+                # memory_estimate: (2L + 34) / 34L), for ~1/3 more compute
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
@@ -535,14 +537,19 @@ def list_checkpoints(log_dir):
     return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
 
 
-def atomic_write(path, write_fn, tmp=None):
-    """write_fn(tmp), fsync, rename, fsync the folder: a kill or a full disk never leaves a
-    half-written `path` nor touches an earlier file. The temp name is fixed (path + ".tmp", or
-    model.pt.tmp for all checkpoints), so a killed write's leftover is overwritten by the next
-    one (a single run writes into a log dir: lock_log_dir)."""
+def atomic_write(path, content, tmp=None):
+    """Write `content` (text, or a function that writes the file it is given) to tmp, fsync,
+    rename, fsync the folder: a kill or a full disk never leaves a half-written `path` nor
+    touches an earlier file. The temp name is fixed (path + ".tmp", or model.pt.tmp for all
+    checkpoints), so a killed write's leftover is overwritten by the next one (a single run
+    writes into a log dir: lock_log_dir)."""
     tmp = tmp or path + ".tmp"
     try:
-        write_fn(tmp)
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "w") as f:
+                f.write(content)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -620,12 +627,7 @@ def cut_back_log(path, step, keep_evals):
     with open(path) as f:
         lines = f.read().split("\n")[:-1]  # a last line without "\n" was cut off by a kill
     kept = "".join(line + "\n" for line in lines if keep(line))
-    atomic_write(path, lambda tmp: write_text(tmp, kept))
-
-
-def write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write(path, kept)
 
 
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
@@ -757,7 +759,8 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 def get_args(argv=None):
     p = ArgumentParser(description="Train GPT-2 on FineWeb-Edu shards (see README.md). Running "
                        "a command again continues its run.", formatter_class=HelpFormatter)
-    a, pos, nonneg, lr = p.add_argument, number(low=1), number(), number(float, 0, low_open=True)
+    a, pos, nonneg = p.add_argument, number(low=1), number()
+    positive = number(float, 0, low_open=True)
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
@@ -775,8 +778,8 @@ def get_args(argv=None):
     a("--warmup_steps", type=nonneg, help="LR warmup steps (default: 715 gpt2, 285 modern)")
     a("--optimizer", default="adamw", choices=["adamw", "muon"], help="muon: torch.optim.Muon "
       "(torch >= 2.9) for the block matrices, AdamW for the rest")
-    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern)")
-    a("--muon_lr", type=lr, help="peak Muon LR (default: 2 x --max_lr)")
+    a("--max_lr", type=positive, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern)")
+    a("--muon_lr", type=positive, help="peak Muon LR (default: 2 x --max_lr)")
     a("--muon_momentum", type=number(float, 0, 1), default=0.95, help="Muon's Nesterov momentum")
     a("--min_lr_ratio", type=number(float, 0, 1), default=0.1, help="final LR / peak LR")
     a("--weight_decay", type=number(float), default=0.1, help="decoupled weight decay")
@@ -807,7 +810,7 @@ def get_args(argv=None):
     a("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     a("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA cards that have it, "
       "fp16 on older ones, fp32 on CPU/MPS (default: auto)")
-    a("--peak_tflops", type=lr, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
+    a("--peak_tflops", type=positive, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
       "(default: known for H100/H200, A100, 4090, 3090)")
     a("--benchmark", action="store_true", help="train --steps steps on random tokens, write "
       "nothing, print one JSON line (tokens/s, MFU, peak memory)")
@@ -977,6 +980,19 @@ def init_process_group(device, rank, world_size):
                             rank=rank, world_size=world_size)
 
 
+def rank0_tries(fn, device, fallback):
+    """Rank 0 runs fn(); a UserError it raises becomes every rank's UserError, raised together
+    (a collective: every rank must call this), so that no rank is left waiting for another."""
+    error = None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = str(e)
+    if any_rank(error, device):
+        raise UserError(error or fallback)
+
+
 def all_reduce(t, op=dist.ReduceOp.SUM):
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
@@ -1035,14 +1051,14 @@ def flops_per_token(model, seq_len):
     return 6 * model.num_params(non_embedding=True) + attention
 
 
-def speed_figures(times, tokens_per_step, flops_per_token, peak, device, compiled, world_size=1):
+def speed_figures(times, tokens_per_step, flops, peak, device, compiled, world_size=1):
     """--benchmark's figures from the wall time of each step: the median of the steps after the
     first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
     dt = statistics.median(times[max(1, len(times) // 3):] or times)
     tok_s = tokens_per_step / dt
     peak_mem = peak_memory_gib(device)
     return {"tokens_per_s": round(tok_s, 1), "step_ms": round(dt * 1000, 2),
-            "mfu": round(flops_per_token * tok_s / (peak * world_size), 4) if peak else None,
+            "mfu": round(flops * tok_s / (peak * world_size), 4) if peak else None,
             "peak_mem_gib": round(peak_mem, 3) if peak_mem else None,
             "compile_s": round(times[0] - dt, 2) if compiled else 0.0}
 
@@ -1216,7 +1232,7 @@ class RunLog:
     def write_config(self, config):
         if self.master and self.dir:
             text = json.dumps(config, indent=2) + "\n"
-            atomic_write(self.config_file, lambda tmp: write_text(tmp, text))
+            atomic_write(self.config_file, text)
 
     def set_aside_old_logs(self):
         """A run that crashed before its first checkpoint: keep its files under the time they
@@ -1525,14 +1541,9 @@ def open_log_dir(run):
     """Rank 0 locks --log_dir for as long as the run lives, cuts the logs back to the step it
     continues from (or sets aside an earlier run's logs that have no checkpoint) and writes
     config.json: the run's first writes; then the live views start."""
-    log, error = run.log, None
-    if run.rank == 0:
-        try:
-            lock_log_dir(run.args.log_dir)
-        except UserError as e:
-            error = str(e)
-    if any_rank(error, run.device):
-        raise UserError(error or "rank 0 could not lock --log_dir")
+    log = run.log
+    rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
+                "--log_dir")
     if run.rank == 0 and run.ckpt_path:
         for path in (log.log_file, log.samples_file):
             cut_back_log(path, run.start_step, keep_evals=run.evals_done)
@@ -1557,17 +1568,17 @@ def save_checkpoint(run, step, evals_done):
              "config": asdict(run.model_config), "args": dict(vars(run.args)),
              "elapsed": run.elapsed(), "val_loss": run.last_val,
              "train_seconds": run.log.train_seconds}
-    path, error = checkpoint_path(run.args.log_dir, step), None
-    if run.rank == 0:
+    path = checkpoint_path(run.args.log_dir, step)
+
+    def write():
         try:
             atomic_write(path, lambda tmp: torch.save(state, tmp),
                          tmp=os.path.join(run.args.log_dir, "model.pt.tmp"))
         except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
-            error = (f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); the "
-                     f"earlier checkpoints are intact: free some disk space and run the same "
-                     f"command again")
-    if any_rank(error, run.device):
-        raise UserError(error or "rank 0 could not write a checkpoint")
+            raise UserError(f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); "
+                            f"the earlier checkpoints are intact: free some disk space and run "
+                            f"the same command again") from None
+    rank0_tries(write, run.device, "rank 0 could not write a checkpoint")
     run.log.print(f"saved checkpoint {path}")
 
 
