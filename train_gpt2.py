@@ -820,7 +820,7 @@ def get_args(argv=None):
     a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (pip install "
       "wandb; WANDB_MODE=offline works); the run's id is kept in config.json")
     a("--wandb_run", metavar="NAME", help="the W&B run's name (default: W&B picks one)")
-    a("--target_val_loss", type=lr, help="say when val loss first reaches this (default: "
+    a("--target_val_loss", type=positive, help="say when val loss first reaches this (default: "
       f"{GPT2_VAL_LOSS}, GPT-2 124M's, claimed on FineWeb-Edu data only)")
     a("--target_hellaswag", type=number(float, 0, 1), help="say when HellaSwag acc_norm first "
       f"reaches this (default: {GPT2_HELLASWAG}, GPT-2 124M's, on the full val set only)")
