@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check
+import train_gpt2
+from benchmarks import compare, gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -82,11 +83,18 @@ def gpu_check_cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@needs_shared
-def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "out"
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """`prepare --smoke` once for the tests that run a plan on it."""
+    data = tmp_path_factory.mktemp("smoke") / "data"
     prep = gpu_check_cli("prepare", "--smoke", "--out", data, "--shared", SHARED, timeout=120)
     assert prep.returncode == 0, prep.stderr
+    return data
+
+
+@needs_shared
+def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path, smoke_data, capsys):
+    data, out = smoke_data, tmp_path / "out"
     manifest = json.loads((data / gpu_check.MANIFEST).read_text())
     assert manifest["shards"]["val"] == 1 and manifest["shards"]["train"] >= 2
 
@@ -108,6 +116,9 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
 
     summary = (out / "summary.md").read_text()
     assert proc.stdout.rstrip().endswith(summary.rstrip())  # printed at the end, too
+    # nobody takes a smoke run for a GPU result: its first line and its folder name say so
+    assert summary.startswith("# gpu_check SMOKE RUN (tiny model on the CPU, not a GPU result)")
+    assert "Every reference pair ran." in summary
     for r in records:
         assert f"| {r['part']} | ok |" in summary, r["part"]
     assert f"{len(plan)} ok, 0 failed, 0 oom, 0 skipped" in summary and "- **oom**:" in summary
@@ -130,11 +141,14 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["card"] == "cpu" and env["cuda_available"] is False
     assert "train_gpt2.py" in env["sources_sha256"] and env["started"]
-    assert re.fullmatch(r"\d{8}-cpu", gpu_check.default_dest(env).name)
+    assert re.fullmatch(r"\d{8}-cpu-smoke", gpu_check.default_dest(env).name)
 
     # what a GPU session commits: the three files and the logs, no archive
     dest = tmp_path / "committed"
+    capsys.readouterr()
     assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 0
+    said = capsys.readouterr().out
+    assert "git add" not in said and "outside the repository" in said  # it would fail there
     committed = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert committed == {"summary.md", "results.jsonl", "env.json"} | set(logs)
     assert (dest / "train-resume" / "log.txt").read_text() == logs["train-resume/log.txt"]
@@ -292,15 +306,17 @@ def test_output_files_are_written_whole_and_the_folder_holds_only_them(tmp_path,
     with pytest.raises(gpu_check.CheckError, match="notes.txt"):
         gpu_check.clear_out(out)
 
-    target = tmp_path / "summary.md"
-    gpu_check.write_atomic(target, "first")
+    outputs = gpu_check.Outputs(tmp_path)
+    outputs.write("summary.md", "first")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gpu_check.os, "replace", failing_replace)
+    monkeypatch.setattr(train_gpt2.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        gpu_check.write_atomic(target, "second")
+        outputs.write("summary.md", "second")
+    outputs.close()
+    target = tmp_path / "summary.md"
     assert target.read_text() == "first" and not (tmp_path / "summary.md.tmp").exists()
 
     log = tmp_path / "huge.log"
@@ -343,31 +359,101 @@ def test_dry_run_prints_the_plan_in_priority_order_without_running(tmp_path):
 
 # --- the training-log checks must fail on the faults they exist for
 
-def log_text(losses, val_every=5, max_steps=10, extra=""):
+def train_records(tmp_path, losses, val_every=5, max_steps=10, extra=""):
+    """The train stream of a log.txt as the checks read it (train_gpt2.read_log)."""
     lines = [f"{s} val 10.0" for s in sorted(gpu_check.due_steps(val_every, max_steps))]
     lines += [f"{s} train {v}" for s, v in enumerate(losses)]
-    return "\n".join(lines) + "\n" + extra
+    (tmp_path / "log.txt").write_text("\n".join(lines) + "\n" + extra)
+    return gpu_check.by_name(train_gpt2.read_log(tmp_path / "log.txt").records, "train")
 
 
-def test_schedule_check_catches_missing_and_duplicated_steps():
-    train = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 10)), "train")
+def test_schedule_check_catches_missing_and_duplicated_steps(tmp_path):
+    train = train_records(tmp_path, [5.0] * 10)
     assert gpu_check.check_schedule(train, range(10))["ok"]
-    twice = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 10, extra="3 train 5.0\n")), "train")
+    twice = train_records(tmp_path, [5.0] * 10, extra="3 train 5.0\n")
     assert not gpu_check.check_schedule(twice, range(10))["ok"]
-    short = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 9)), "train")
+    short = train_records(tmp_path, [5.0] * 9)
     assert "missing [9]" in gpu_check.check_schedule(short, range(10))["detail"]
     assert gpu_check.due_steps(5, 12) == {0, 5, 10, 12}
     assert gpu_check.due_steps(0, 12) == set()
 
 
-def test_continuity_check_catches_a_jump_after_the_resume():
-    smooth = gpu_check.by_name(gpu_check.parse_log(log_text([9, 8.8, 8.6, 8.4, 8.2, 8.0, 7.9, 7.8, 7.7, 7.6])), "train")
+def test_continuity_check_catches_a_jump_after_the_resume(tmp_path):
+    smooth = train_records(tmp_path, [9, 8.8, 8.6, 8.4, 8.2, 8.0, 7.9, 7.8, 7.7, 7.6])
     assert gpu_check.continuity(smooth, 5)["ok"]
     # resumed from fresh weights instead of the checkpoint: the loss jumps back up
-    jump = gpu_check.by_name(gpu_check.parse_log(log_text([9, 8.8, 8.6, 8.4, 8.2, 10.9, 10.8, 10.7, 10.6, 10.5])), "train")
+    jump = train_records(tmp_path, [9, 8.8, 8.6, 8.4, 8.2, 10.9, 10.8, 10.7, 10.6, 10.5])
     assert not gpu_check.continuity(jump, 5)["ok"]
 
 
-def test_parse_log_skips_a_half_written_line():
-    records = gpu_check.parse_log("0 train 10.5\n0 lr 6.000000e-04\n1 tok/s 12345\n1 tra")
-    assert records == [(0, "train", 10.5), (0, "lr", 6e-4), (1, "tok/s", 12345.0)]
+def test_the_running_log_is_read_without_its_half_written_last_line(tmp_path):
+    (tmp_path / "log.txt").write_text("0 train 10.5\n0 lr 6.000000e-04\n1 train 10.4\n2 tra")
+    assert gpu_check.last_train_step(tmp_path / "log.txt") == 1
+    assert gpu_check.last_train_step(tmp_path / "missing.txt") == -1
+
+
+def test_a_reference_pair_starts_only_together_and_the_summary_names_it(tmp_path, monkeypatch):
+    """Time for one more part but not two: ours at b64 must not run without its reference."""
+    out = tmp_path / "out"
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=60)
+    runner.estimate = gpu_check.Estimator({"ours": 2, "reference": 2})
+    monkeypatch.setattr(gpu_check.Runner, "left", lambda self: 3.0)
+    fine = "import json; print(json.dumps({'tokens_per_s': 5.0}))"
+    plan = [gpu_check.Part(name, "matrix", impl, [sys.executable, "-c", fine], pair=pair,
+                           info=dict(impl=impl, arch="gpt2", micro_batch=64))
+            for name, impl, pair in (("matrix-gpt2-b64", "ours", "reference-b64"),
+                                     ("reference-b64", "reference", "matrix-gpt2-b64"))]
+    rec = run_plan(runner, plan)
+    assert [r["status"] for r in rec.values()] == ["skipped", "skipped"]
+    assert "with its pair reference-b64" in rec["matrix-gpt2-b64"]["reason"]
+    summary = (out / "summary.md").read_text()
+    assert "- b64: matrix-gpt2-b64 skipped" in summary and "reference-b64 skipped" in summary
+    assert "--parts matrix-gpt2-b64,reference-b64" in summary  # the next call's command
+
+
+def test_dry_run_says_what_the_budget_skips(tmp_path):
+    proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
+    late = re.search(r"a next call: --parts (\S+)", proc.stdout)
+    assert late and "hellaswag" in late.group(1).split(","), proc.stdout  # not in 540 s at 70 s
+    proc = gpu_check_cli("run", "--dry_run", "--plan", "compare", "--data", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " compare-" in line]
+    assert [line.split()[1] for line in lines] == [f"compare-{v.name}" for v in compare.VARIANTS]
+    recipe = '("--recipe"' in (REPO / "train_gpt2.py").read_text()
+    fast = next(line for line in lines if "compare-fast" in line)
+    assert ("no --recipe" in fast) != recipe, fast  # skipped, with the reason, until it exists
+    assert all("starts at" in line for line in lines if line is not fast)
+
+
+@needs_shared
+def test_compare_smoke_reports_tokens_to_the_gpt2_runs_val_loss(tmp_path, smoke_data):
+    out = tmp_path / "out"
+    assert gpu_check.main(["run", "--plan", "compare", "--smoke", "--data", str(smoke_data),
+                           "--out", str(out)]) == 0
+    assert_returnable(out)
+    records = {r["config"]["variant"]: r for r in read_records(out)}
+    assert list(records) == [v.name for v in compare.VARIANTS]
+    ran = [name for name, r in records.items() if r["status"] == "ok"]
+    assert {"gpt2", "modern-muon", "modern"} <= set(ran)
+    logs = archive_members(out)
+    summary = (out / "summary.md").read_text()
+    for name in ran:
+        res = records[name]["result"]
+        assert len(res["val"]) >= 10 and res["hella_acc"] is not None and res["tok_per_s"] > 0
+        assert f"compare-{name}/log.txt" in logs
+    # the target is the gpt2 run's final val loss; its own ratio is 1 by definition
+    gpt2 = records["gpt2"]["result"]["val"]
+    target = gpt2[-1][1]
+    assert f"Target: the gpt2 run's final val loss, {target:.4f}." in summary
+    assert re.search(r"^\| gpt2 \| ok \| [\d.]+ \| [\d.]+M \| 1\.00x \|", summary, re.M), summary
+    for name in ran:  # tokens to target from the val curve of its real log, as the table says
+        val, tps = records[name]["result"]["val"], records[name]["result"]["tokens_per_step"]
+        hit = compare.reach(val, target)
+        first = next((s for s, v, _ in val if v <= target), None)
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
+        if hit is None:
+            assert first is None and "| not in " in row
+        else:  # between the evaluation before the first one at or below the target, and that one
+            assert first - 2 <= hit[0] <= first and f"| {hit[0] * tps / 1e6:.2f}M |" in row
+    if "fast" not in ran:
+        assert "- compare-fast (skipped): train_gpt2.py has no --recipe" in summary
