@@ -8,7 +8,7 @@ One command for a short GPU window. Two plans, each its own device call of at mo
 
     python benchmarks/gpu_check.py prepare --out .carry/gpu_check        # here, on the CPU, once
     python benchmarks/gpu_check.py run --data .carry/gpu_check --out $OUT/gpu_check [--plan compare]
-    python benchmarks/gpu_check.py unpack FILES_AT/gpu_check             # here: the folder to commit
+    python benchmarks/gpu_check.py unpack FILES_AT/gpu_check          # here: the folder to commit
 
 The device call: carry [".carry"], timeout_s 600. Every part is a subprocess with its own timeout;
 a failing part is recorded and the run goes on. The budget (--budget_s 540) does NOT cover the
@@ -243,8 +243,8 @@ SMOKE = Profile(
                val_every=4, val_tokens=1024, hellaswag_every=6, hellaswag_limit=8,
                sample_every=6, num_samples=1, sample_tokens=8),
     stop_after=2,
-    compare=dict(micro_batch=2, total_batch=128, max_steps=20, warmup_steps=2, val_every=2,
-                 val_tokens=512, hellaswag_every=20, hellaswag_limit=8, sample_every=0,
+    compare=dict(micro_batch=2, total_batch=128, max_steps=10, warmup_steps=1, val_every=1,
+                 val_tokens=256, hellaswag_every=10, hellaswag_limit=4, sample_every=0,
                  checkpoint_every=0),
     # a loaded 2-core VM
     estimates={"env": 2, "ours": 4, "reference": 4, "hellaswag": 8, "train": 25, "xl": 4,
@@ -344,7 +344,8 @@ LOG_CAP_BYTES = 512 * 2**10  # per log in the archive: a few dozen cannot near 1
 
 def read_capped(path, cap=LOG_CAP_BYTES):
     """A log's bytes with its middle cut out past `cap`: the start (command, config) and the end
-    (the error, the result line) are what a reader needs; a runaway log must not fill the archive."""
+    (the error, the result line) are what a reader needs; a runaway log must not fill the
+    archive."""
     size = Path(path).stat().st_size
     with open(path, "rb") as f:
         if size <= cap:
@@ -352,7 +353,8 @@ def read_capped(path, cap=LOG_CAP_BYTES):
         head = f.read(cap // 4)
         f.seek(size - (cap - cap // 4))
         tail = f.read()
-    return head + f"\n[gpu_check: {size - len(head) - len(tail):,} bytes cut here]\n".encode() + tail
+    cut = f"\n[gpu_check: {size - len(head) - len(tail):,} bytes cut here]\n"
+    return head + cut.encode() + tail
 
 
 def clear_out(out):
@@ -786,7 +788,8 @@ class Runner:
                     time.sleep(0.05)
                 proc.send_signal(signal.SIGTERM)
                 rc, timed_out = wait(proc, min(120, deadline - time.monotonic()), self.grace(part))
-                return rc, "the stopped run did not exit in time after SIGTERM" if timed_out else None
+                return rc, ("the stopped run did not exit in time after SIGTERM"
+                            if timed_out else None)
             finally:
                 stop(proc, self.grace(part))
 
@@ -879,7 +882,8 @@ def analyse_train_run(log_dir, stopped_log, spec, stop_rc, resume_step):
         "all_values_finite": check(all(math.isfinite(v) for _, _, v in records),
                                    f"{len(records)} values"),
         "log_before_resume_kept": check(
-            [r for r in records if r[0] < resume_step] == [r for r in stopped if r[0] < resume_step],
+            [r for r in records if r[0] < resume_step]
+            == [r for r in stopped if r[0] < resume_step],
             "the records of the steps before the resume are the stopped run's"),
         "loss_continuous_across_resume": continuity(train, resume_step),
         "final_checkpoint_exists": check(max_steps in checkpoint_steps(log_dir),
@@ -986,7 +990,8 @@ def matrix_section(records):
 
     # by micro-batch, each config beside the reference it is compared with
     rank = {"ours": 0, "reference": 1}
-    ordered = sorted(records, key=lambda r: (r["config"]["micro_batch"], r["config"]["arch"] != "gpt2",
+    ordered = sorted(records, key=lambda r: (r["config"]["micro_batch"],
+                                             r["config"]["arch"] != "gpt2",
                                              rank.get(r["config"]["impl"], 2)))
     lines = table(["impl", "arch", "micro-batch", "tokens/s", "vs reference", "MFU", "step ms",
                    "peak / estimate GiB", "compile s"], ordered, cells)
@@ -1052,7 +1057,8 @@ def compare_section(records):
     return [f"{cfg['max_steps']} steps of {cfg['total_batch']:,} tokens "
             f"({cfg['max_steps'] * cfg['total_batch'] / 1e6:.2f}M tokens) each, validation every "
             f"{cfg['val_every']} steps on {cfg['val_tokens']:,} held-out tokens, HellaSwag on "
-            f"the first {cfg['hellaswag_limit']} examples at the end.", ""] + compare.comparison(runs)
+            f"the first {cfg['hellaswag_limit']} examples at the end.", "",
+            *compare.comparison(runs)]
 
 
 SECTIONS = [("matrix", "Trainer speed: `train_gpt2.py --benchmark` vs the plain reference step",
@@ -1102,8 +1108,9 @@ def summary_markdown(records, env, budget_s, elapsed, running=None):
     late = [r["part"] for r in records if r.get("for_time")]
     if late:
         plan = f" --plan {env['plan']}" if env.get("plan", "check") != "check" else ""
-        body += [f"Skipped for time; the next call runs them: `python benchmarks/gpu_check.py run "
-                 f"--data .carry/gpu_check --out $OUT/gpu_check{plan} --parts {','.join(late)}`", ""]
+        body += ["Skipped for time; the next call runs them: `python benchmarks/gpu_check.py run "
+                 f"--data .carry/gpu_check --out $OUT/gpu_check{plan} --parts {','.join(late)}`",
+                 ""]
     body += ["## Statuses and files", ""] + [f"- **{s}**: {m}" for s, m in STATUS_MEANING.items()]
     body += ["- files: summary.md, results.jsonl (one object per part), env.json, logs.tar.gz "
              "(each part's `<part>.log` and its run's files); `python benchmarks/gpu_check.py "
