@@ -28,4 +28,5 @@ LONGEST_FIRST = ("test_trainer.py", "test_fsdp.py", "test_live_metrics.py", "tes
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order
+    # a stable sort: each file keeps its own order
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
