@@ -30,9 +30,9 @@ from helpers import REPO, RUN_TIMEOUT, TINY, checkpoints, export_logit_gap, ok, 
 # of 2 over 2 ranks: rank 1 has a slot with nothing to score). At this LR the grad norm stays above
 # --grad_clip 1.0 for 12 of the 16 steps: FSDP must clip by DDP's factor (a higher LR clips more,
 # but turns float reordering into visible differences within a few steps)
-FSDP_ARGS = ["--max_steps", "16", "--max_lr", "5e-4", "--checkpoint_every", "4", "--val_every", "5",
-             "--sample_every", "5", "--num_samples", "1", "--sample_tokens", "4",
-             "--hellaswag_every", "5", "--hellaswag_limit", "5", "--hellaswag_batch", "2"]
+FSDP_ARGS = ["--max_steps", "16", "--max_lr", "5e-4", "--checkpoint_every", "4", "--val_every", "8",
+             "--sample_every", "8", "--num_samples", "1", "--sample_tokens", "4",
+             "--hellaswag_every", "8", "--hellaswag_limit", "5", "--hellaswag_batch", "2"]
 LAST = "model_00016.pt"
 
 

@@ -785,7 +785,9 @@ def test_nan_loss_stops_without_touching_checkpoints(work, reference):
     assert any(word in line for word in ("nan", "inf", "finite", "diverg")), \
         f"unclear message: {line}"
     after = {n: v for n, v in snapshot(log_dir).items() if n.startswith("model_")}
-    assert after == before, "a diverged run wrote or changed a checkpoint"
+    # those past step 2 belong to the timeline that --resume left: renamed (test_timelines.py),
+    # each file as it was (size, mtime, inode)
+    assert sorted(after.values()) == sorted(before.values()), "a diverged run wrote or changed a checkpoint"
 
 
 # -----------------------------------------------------------------------------
