@@ -618,7 +618,7 @@ def find_checkpoint(args, log):
     if newest and newest["step"] > ckpt["step"] and \
             newest["args"].get("timeline_from") == args.timeline_from:
         log.print(f"note: {path} continues the run that --resume {args.resume} started: "
-                  f"continuing from it (the same command goes back only to the newest checkpoint)")
+                  f"continuing from it (--resume PATH goes back to PATH only while it is newest)")
         return path, newest
     return args.resume, ckpt
 
@@ -1549,7 +1549,7 @@ def start_run(args):
             raise UserError(f"--log_dir {args.log_dir} is a file; pass a folder")
         run.ckpt_path, ckpt = same_on_every_rank(lambda: find_checkpoint(args, run.log), lambda
             found: f"{found[0]} (step {found[1]['step']})" if found[0] else "no checkpoint",
-            f"every node must see one --log_dir, at the same path (a shared disk)")
+            "every node must see one --log_dir, at the same path (a shared disk)")
         if ckpt is not None:
             run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
             if ckpt["step"] >= args.max_steps and ckpt["evals_done"]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import TINY, assert_one_error_line, checkpoints, records, work_dir
+from helpers import TINY, assert_one_error_line, records, work_dir
 from results import write_training_params as wtp
 
 RUN = [*TINY, "--max_steps", "8", "--val_every", "0", "--checkpoint_every", "2"]
