@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import glob
+import inspect
 import json
 import math
 import os
@@ -973,6 +974,15 @@ def any_rank(flag, device):
     return bool(all_reduce(torch.tensor([float(bool(flag))], device=device), dist.ReduceOp.MAX))
 
 
+def no_buffer_sync():
+    """DDP's keyword for "no buffer broadcast before each forward": forward_sync_buffers since
+    torch 2.13, where the older broadcast_buffers prints a FutureWarning."""
+    name = "forward_sync_buffers"
+    if name not in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
+        name = "broadcast_buffers"  # torch < 2.13
+    return {name: False}
+
+
 def shard_model(model, dtype):
     """--fsdp (FSDP2): each block's weights, gradients and optimizer states are split over the
     GPUs and gathered (in bf16) only while that block runs; then the rest (the embeddings with the
@@ -1260,11 +1270,11 @@ def train(args):
         shard_model(raw_model, dtype)
     model = torch.compile(raw_model) if compile_model else raw_model
     if dist.is_initialized() and not args.fsdp:
-        # no buffers to broadcast (the RoPE tables derive from the config), and the gradients as
-        # views into the all-reduce buckets: one copy of them less
+        # no buffers to broadcast before each forward (the RoPE tables derive from the config),
+        # and the gradients as views into the all-reduce buckets: one copy of them less
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+            gradient_as_bucket_view=True, **no_buffer_sync())
     optimizers, optimizer_settings = configure_optimizers(raw_model, args, device.type)
     peak_lrs = [args.max_lr, args.muon_lr][:len(optimizers)]
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
