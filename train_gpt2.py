@@ -632,6 +632,25 @@ def write_text(path, text):
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
 
 
+def check_log_dir(log_dir, master, device):
+    """Rank 0 makes --log_dir's missing folders (and removes them again) before the model is
+    built: a UserError on every rank if it cannot."""
+    error, missing, path = None, [], os.path.abspath(log_dir)
+    while master and not os.path.lexists(path):  # the folders to make, deepest first
+        missing, path = missing + [path], os.path.dirname(path)
+    try:
+        if master and not os.path.isdir(path):
+            error = f"--log_dir {log_dir}: {path} is a file, not a folder; pass another --log_dir"
+        elif master:
+            os.makedirs(log_dir, exist_ok=True)
+    except OSError as e:
+        error = f"--log_dir {log_dir} cannot be made ({e.strerror}); pass a folder you can write to"
+    for folder in filter(os.path.isdir, missing):  # those it made
+        os.rmdir(folder)
+    if any_rank(error, device):
+        raise UserError(error)
+
+
 def lock_log_dir(log_dir):
     """Create --log_dir and lock it for as long as this process lives (the kernel drops the lock
     when the process dies, however it dies): two runs never write into one log dir."""
@@ -782,7 +801,7 @@ def get_args(argv=None):
     a("--min_lr_ratio", type=number(float, 0, 1), default=0.1, help="final LR / peak LR")
     a("--weight_decay", type=number(float), default=0.1, help="decoupled weight decay")
     a("--grad_clip", type=number(float), default=1.0, help="max global grad norm; 0 = none")
-    a("--seed", type=nonneg, default=1337, help="model init and data order")
+    a("--seed", type=number(high=2**63 - 1), default=1337, help="model init and data order")
     a("--shuffle", type=int, default=1, choices=[0, 1], help="reshuffle shards and sequences "
       "every epoch")
     a("--val_every", type=nonneg, default=250, help="steps between validations (0 = off)")
@@ -790,10 +809,11 @@ def get_args(argv=None):
     a("--hellaswag_every", type=nonneg, default=250, help="steps between HellaSwag evals (0 = off)")
     a("--hellaswag_limit", type=pos, help="the first N HellaSwag examples only (default: all "
       "10,042); rows longer than the block keep their last block-size tokens")
-    a("--hellaswag_batch", type=pos, help="HellaSwag examples per forward (default: 32 GPU, 8 CPU)")
+    a("--hellaswag_batch", type=number(low=1, high=4096), help="HellaSwag examples per forward, "
+      "<= 4096 (default: 32 GPU, 8 CPU)")
     a("--sample_every", type=nonneg, default=250, help="steps between text samples (0 = off)")
     a("--sample_prompt", default="Hello, I'm a language model,", help="prompt of the samples")
-    a("--num_samples", type=pos, default=4, help="samples each time")
+    a("--num_samples", type=number(low=1, high=1000), default=4, help="samples each time, <= 1000")
     a("--sample_tokens", type=pos, default=32, help="tokens per sample")
     a("--checkpoint_every", type=nonneg, default=5000, help="steps between checkpoints (0 = the "
       "final one only)")
@@ -860,6 +880,8 @@ def validate_args(args, world_size):
     if args.val_every and args.val_tokens < args.seq_len:
         raise UserError(f"--val_tokens {args.val_tokens} is less than one sequence of --seq_len "
                         f"{args.seq_len} (or pass --val_every 0)")
+    if args.sample_every and not args.sample_prompt:
+        raise UserError("--sample_prompt is empty; give a prompt, or --sample_every 0")
     if args.optimizer != "muon" and args.muon_lr is not None:
         raise UserError("--muon_lr is used only with --optimizer muon")
     if args.fsdp and "RANK" not in os.environ:
@@ -968,19 +990,16 @@ def all_reduce(t, op=dist.ReduceOp.SUM):
     return t
 
 
+# DDP's keyword for "no buffer broadcast before each forward": broadcast_buffers before torch
+# 2.13, which deprecates it (with a FutureWarning) for forward_sync_buffers
+DDP_NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+    nn.parallel.DistributedDataParallel).parameters else "broadcast_buffers": False}
+
+
 def any_rank(flag, device):
     """True on every rank if it is true on any rank (a collective under torchrun): how one rank's
     failure or stop request becomes every rank's."""
     return bool(all_reduce(torch.tensor([float(bool(flag))], device=device), dist.ReduceOp.MAX))
-
-
-def no_buffer_sync():
-    """DDP's keyword for "no buffer broadcast before each forward": forward_sync_buffers since
-    torch 2.13, where the older broadcast_buffers prints a FutureWarning."""
-    name = "forward_sync_buffers"
-    if name not in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
-        name = "broadcast_buffers"  # torch < 2.13
-    return {name: False}
 
 
 def shard_model(model, dtype):
@@ -1009,6 +1028,20 @@ def memory_estimate(config, args, n_params, n_muon, world_size):
     per_token = (2 * L * C + 34 * C) if args.activation_checkpointing else 34 * L * C
     activations = args.micro_batch * args.seq_len * (per_token + 6 * config.vocab_size)
     return states / 2**30, activations / 2**30
+
+
+def check_cpu_memory(args, config, device, world_size):
+    """On CPU, before the model is built: a run that memory_estimate() says cannot fit in this
+    machine's RAM is refused (the estimate is low there: activations in fp32, not bf16)."""
+    C, H, processes = config.n_embd, mlp_hidden_size(config), os.environ.get("LOCAL_WORLD_SIZE", 1)
+    per_layer = 4 * C * C + (2 if config.arch == "gpt2" else 3) * C * H  # attention + MLP
+    n_params = config.n_layer * per_layer + (config.vocab_size + config.block_size) * C
+    need = sum(memory_estimate(config, args, n_params, 0, world_size)) * int(processes)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if device.type == "cpu" and need > ram:
+        raise UserError(f"this run needs ~{need:,.0f} GiB by estimate, more than the {ram:,.0f} "
+                        f"GiB here: a smaller model, or --micro_batch "
+                        f"{micro_batch_options(args, world_size)}")
 
 
 # dense bf16 tensor-core peaks in FLOP/s, for MFU (matched against the device name)
@@ -1234,6 +1267,7 @@ def train(args):
     compile_model = bool(args.compile if args.compile is not None else device.type == "cuda")
     grad_accum = args.total_batch // (args.micro_batch * args.seq_len * world_size)
     model_config = model_config_from_args(args)
+    check_cpu_memory(args, model_config, device, world_size)
     log = RunLog(None if args.benchmark else args.log_dir, master)
     if args.warmup_steps >= args.max_steps and not args.benchmark:
         log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps {args.max_steps}: "
@@ -1245,8 +1279,7 @@ def train(args):
     if args.benchmark:
         loader, val_set = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank), None
     else:
-        if os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
-            raise UserError(f"--log_dir {args.log_dir} is a file; pass a folder")
+        check_log_dir(args.log_dir, master, device)
         ckpt_path, ckpt = find_checkpoint(args)
         if ckpt is not None:
             changes = compare_settings(args, model_config, ckpt, ckpt_path)
@@ -1274,7 +1307,7 @@ def train(args):
         # and the gradients as views into the all-reduce buckets: one copy of them less
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True, **no_buffer_sync())
+            gradient_as_bucket_view=True, **DDP_NO_BUFFER_SYNC)
     optimizers, optimizer_settings = configure_optimizers(raw_model, args, device.type)
     peak_lrs = [args.max_lr, args.muon_lr][:len(optimizers)]
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
@@ -1566,7 +1599,7 @@ def export_checkpoint(path, out_dir):
 
 
 def out_of_memory_error(args):
-    """The one line for a torch.OutOfMemoryError, on whichever rank met it."""
+    """The one line for running out of memory (CUDA's or the CPU's), on whichever rank met it."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     card = device_name(device)
@@ -1597,7 +1630,10 @@ def main(argv=None):
         if master:
             print(f"error: {e}", file=sys.stderr)
         return 1
-    except torch.OutOfMemoryError:  # nothing was saved: the last checkpoint stands
+    except (RuntimeError, MemoryError) as e:  # nothing was saved: the last checkpoint stands
+        if not (isinstance(e, (torch.OutOfMemoryError, MemoryError))  # CUDA's, numpy's
+                or "DefaultCPUAllocator: can't allocate memory" in str(e)):  # torch's on CPU
+            raise
         print(f"error: {out_of_memory_error(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # atomic writes leave the last checkpoint whole
