@@ -809,8 +809,8 @@ def get_args(argv=None):
     a("--hellaswag_every", type=nonneg, default=250, help="steps between HellaSwag evals (0 = off)")
     a("--hellaswag_limit", type=pos, help="the first N HellaSwag examples only (default: all "
       "10,042); rows longer than the block keep their last block-size tokens")
-    a("--hellaswag_batch", type=number(low=1, high=4096), help="HellaSwag examples per forward, "
-      "<= 4096 (default: 32 GPU, 8 CPU)")
+    a("--hellaswag_batch", type=number(low=1, high=hellaswag.MAX_BATCH), help="HellaSwag examples "
+      f"per forward, <= {hellaswag.MAX_BATCH} (default: 32 GPU, 8 CPU)")
     a("--sample_every", type=nonneg, default=250, help="steps between text samples (0 = off)")
     a("--sample_prompt", default="Hello, I'm a language model,", help="prompt of the samples")
     a("--num_samples", type=number(low=1, high=1000), default=4, help="samples each time, <= 1000")
@@ -1631,8 +1631,7 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
         return 1
     except (RuntimeError, MemoryError) as e:  # nothing was saved: the last checkpoint stands
-        if not (isinstance(e, (torch.OutOfMemoryError, MemoryError))  # CUDA's, numpy's
-                or "DefaultCPUAllocator: can't allocate memory" in str(e)):  # torch's on CPU
+        if not hellaswag.is_out_of_memory(e):  # CUDA's, numpy's or the CPU allocator's
             raise
         print(f"error: {out_of_memory_error(args)}", file=sys.stderr)
         return 1
