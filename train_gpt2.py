@@ -632,19 +632,19 @@ def write_text(path, text):
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
 
 
-def check_log_dir(log_dir, master, device):
-    """Rank 0 makes --log_dir's missing folders (and removes them again) before the model is
-    built: a UserError on every rank if it cannot."""
-    error, missing, path = None, [], os.path.abspath(log_dir)
-    while master and not os.path.lexists(path):  # the folders to make, deepest first
-        missing, path = missing + [path], os.path.dirname(path)
+def check_folder(path, flag, master=True, device="cpu"):
+    """Rank 0 makes the missing folders of --log_dir / --export_dir (and removes them again)
+    before the work starts: a UserError on every rank if it cannot."""
+    error, missing, parent = None, [], os.path.abspath(path)
+    while master and not os.path.lexists(parent):  # the folders to make, deepest first
+        missing, parent = missing + [parent], os.path.dirname(parent)
     try:
-        if master and not os.path.isdir(path):
-            error = f"--log_dir {log_dir}: {path} is a file, not a folder; pass another --log_dir"
+        if master and not os.path.isdir(parent):
+            error = f"{flag} {path}: {parent} is a file, not a folder; pass another {flag}"
         elif master:
-            os.makedirs(log_dir, exist_ok=True)
+            os.makedirs(path, exist_ok=True)
     except OSError as e:
-        error = f"--log_dir {log_dir} cannot be made ({e.strerror}); pass a folder you can write to"
+        error = f"{flag} {path} cannot be made ({e.strerror}); pass a folder you can write to"
     for folder in filter(os.path.isdir, missing):  # those it made
         os.rmdir(folder)
     if any_rank(error, device):
@@ -777,7 +777,8 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 def get_args(argv=None):
     p = ArgumentParser(description="Train GPT-2 on FineWeb-Edu shards (see README.md). Running "
                        "a command again continues its run.", formatter_class=HelpFormatter)
-    a, pos, nonneg, lr = p.add_argument, number(low=1), number(), number(float, 0, low_open=True)
+    # lr: <= 1e30, far from float32's limit 3.4e38 (AdamW's step divides it by 1 - 0.9 and more)
+    a, pos, nonneg, lr = p.add_argument, number(low=1), number(), number(float, 0, 1e30, True)
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
@@ -1279,7 +1280,7 @@ def train(args):
     if args.benchmark:
         loader, val_set = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank), None
     else:
-        check_log_dir(args.log_dir, master, device)
+        check_folder(args.log_dir, "--log_dir", master, device)
         ckpt_path, ckpt = find_checkpoint(args)
         if ckpt is not None:
             changes = compare_settings(args, model_config, ckpt, ckpt_path)
@@ -1586,9 +1587,8 @@ def run_config(args, log, model_config, n_params, world_size, grad_accum, device
 
 def export_checkpoint(path, out_dir):
     """--export: one of our checkpoints -> a transformers folder."""
-    out_dir = out_dir or os.path.splitext(path)[0] + "_hf"
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--export_dir {out_dir} is a file; pass a folder")
+    out_dir = os.path.splitext(path)[0] + "_hf" if out_dir is None else out_dir
+    check_folder(out_dir, "--export_dir")
     ckpt = read_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
@@ -1618,7 +1618,7 @@ def main(argv=None):
     try:
         args = get_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else map(str, argv))
-        if args.export:
+        if args.export is not None:
             export_checkpoint(args.export, args.export_dir)
             return 0
         return train(args)
