@@ -488,8 +488,8 @@ def parse_args(argv=None):
                    help="stop after this many tokens (more than --shard_size); without it, "
                         "all of the input")
     p.add_argument("--workers", type=functools.partial(positive_int, high=4 * cores),
-                   default=cores, help="encoder processes that parse and tokenize: all cores of "
-                   "this machine (default: %(default)s), at most 4x that")
+                   default=cores, help="encoder processes that parse and tokenize, at most 4 per "
+                   "core: all cores of this machine (default: %(default)s)")
     return p.parse_args(argv)
 
 
