@@ -15,8 +15,9 @@ The file reads top to bottom, in the order of the lecture:
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
   6. the arguments;
-  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), then train(): the setup,
-     and the loop (evaluation, training step, logging);
+  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), the log; then train():
+     start_run (every check), build_model, restore (continue) or start, and the loop:
+     evaluate, sample, checkpoint, the training step, log;
   8. entry points: --export, main().
 """
 
@@ -226,7 +227,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # keep only the block's input; its insides are recomputed in the backward:
-                # ~1/17 of the activation memory for ~1/3 more compute
+                # ~1/7 of the blocks' activation memory at 12 layers, ~1/13 at 48 (by
+                # memory_estimate: (2L + 34) / 34L), for ~1/3 more compute
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
@@ -536,14 +538,19 @@ def list_checkpoints(log_dir):
     return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
 
 
-def atomic_write(path, write_fn, tmp=None):
-    """write_fn(tmp), fsync, rename, fsync the folder: a kill or a full disk never leaves a
-    half-written `path` nor touches an earlier file. The temp name is fixed (path + ".tmp", or
-    model.pt.tmp for all checkpoints), so a killed write's leftover is overwritten by the next
-    one (a single run writes into a log dir: lock_log_dir)."""
+def atomic_write(path, content, tmp=None):
+    """Write `content` (text, or a function that writes the file it is given) to tmp, fsync,
+    rename, fsync the folder: a kill or a full disk never leaves a half-written `path` nor
+    touches an earlier file. The temp name is fixed (path + ".tmp", or model.pt.tmp for all
+    checkpoints), so a killed write's leftover is overwritten by the next one (a single run
+    writes into a log dir: lock_log_dir)."""
     tmp = tmp or path + ".tmp"
     try:
-        write_fn(tmp)
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "w") as f:
+                f.write(content)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -621,12 +628,7 @@ def cut_back_log(path, step, keep_evals):
     with open(path) as f:
         lines = f.read().split("\n")[:-1]  # a last line without "\n" was cut off by a kill
     kept = "".join(line + "\n" for line in lines if keep(line))
-    atomic_write(path, lambda tmp: write_text(tmp, kept))
-
-
-def write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write(path, kept)
 
 
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
@@ -777,8 +779,10 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 def get_args(argv=None):
     p = ArgumentParser(description="Train GPT-2 on FineWeb-Edu shards (see README.md). Running "
                        "a command again continues its run.", formatter_class=HelpFormatter)
-    # lr: <= 1e30, far from float32's limit 3.4e38 (AdamW's step divides it by 1 - 0.9 and more)
-    a, pos, nonneg, lr = p.add_argument, number(low=1), number(), number(float, 0, 1e30, True)
+    a, pos, nonneg = p.add_argument, number(low=1), number()
+    positive = number(float, 0, low_open=True)
+    # an LR <= 1e30, far from float32's limit 3.4e38 (AdamW's step divides it by 1 - 0.9 and more)
+    lr = number(float, 0, 1e30, low_open=True)
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
@@ -829,11 +833,22 @@ def get_args(argv=None):
     a("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     a("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA cards that have it, "
       "fp16 on older ones, fp32 on CPU/MPS (default: auto)")
-    a("--peak_tflops", type=lr, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
+    a("--peak_tflops", type=positive, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
       "(default: known for H100/H200, A100, 4090, 3090)")
     a("--benchmark", action="store_true", help="train --steps steps on random tokens, write "
       "nothing, print one JSON line (tokens/s, MFU, peak memory)")
     a("--steps", type=pos, default=20, help="steps for --benchmark")
+    a("--tensorboard", type=int, default=0, choices=[0, 1], help="also log to TensorBoard event "
+      "files in <log_dir>/tensorboard (pip install tensorboard)")
+    a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (pip install "
+      "wandb; WANDB_MODE=offline works); the run's id is kept in config.json")
+    a("--wandb_run", metavar="NAME", help="the W&B run's name (default: W&B picks one)")
+    a("--target_val_loss", type=positive, help="say when val loss first reaches this (default: "
+      f"{GPT2_VAL_LOSS}, GPT-2 124M's, claimed on FineWeb-Edu data only)")
+    a("--target_hellaswag", type=number(float, 0, 1), help="say when HellaSwag acc_norm first "
+      f"reaches this (default: {GPT2_HELLASWAG}, GPT-2 124M's, on the full val set only)")
+    a("--usd_per_hour", type=number(float), help="what the machine costs an hour: the ETA, the "
+      "done line and the targets then give the cost")
     a("--export", metavar="CHECKPOINT", help="write a checkpoint as a transformers folder, exit")
     a("--export_dir", help="where --export writes (default: CHECKPOINT without .pt + _hf)")
     return p.parse_args(argv)
@@ -896,6 +911,11 @@ def validate_args(args, world_size):
                         f"seq_len * GPUs = {args.micro_batch}*{args.seq_len}*{world_size}; "
                         f"--micro_batch values that divide it: "
                         f"{micro_batch_options(args, world_size)}")
+    for flag in ("tensorboard", "wandb"):  # optional packages: asked for, imported here
+        try:
+            __import__(flag) if getattr(args, flag) else None
+        except ImportError:
+            raise UserError(f"--{flag} needs the {flag} package: pip install {flag}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -985,6 +1005,19 @@ def init_process_group(device, rank, world_size):
                             rank=rank, world_size=world_size)
 
 
+def rank0_tries(fn, device, fallback):
+    """Rank 0 runs fn(); a UserError it raises becomes every rank's UserError, raised together
+    (a collective: every rank must call this), so that no rank is left waiting for another."""
+    error = None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = str(e)
+    if any_rank(error, device):
+        raise UserError(error or fallback)
+
+
 def all_reduce(t, op=dist.ReduceOp.SUM):
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
@@ -1063,22 +1096,36 @@ def flops_per_token(model, seq_len):
     return 6 * model.num_params(non_embedding=True) + attention
 
 
-def speed_figures(times, tokens_per_step, flops_per_token, peak, device, compiled, world_size=1):
+def speed_figures(times, tokens_per_step, flops, peak, device, compiled, world_size=1):
     """--benchmark's figures from the wall time of each step: the median of the steps after the
     first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
     dt = statistics.median(times[max(1, len(times) // 3):] or times)
     tok_s = tokens_per_step / dt
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak_mem = peak_memory_gib(device)
     return {"tokens_per_s": round(tok_s, 1), "step_ms": round(dt * 1000, 2),
-            "mfu": round(flops_per_token * tok_s / (peak * world_size), 4) if peak else None,
+            "mfu": round(flops * tok_s / (peak * world_size), 4) if peak else None,
             "peak_mem_gib": round(peak_mem, 3) if peak_mem else None,
             "compile_s": round(times[0] - dt, 2) if compiled else 0.0}
+
+
+def peak_memory_gib(device):
+    """The most memory torch has held on this GPU since the run began; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def hms(seconds):
     """1h07m: hours and minutes, rounded to the minute (never "2h60m")."""
     h, m = divmod(round(seconds / 60), 60)
     return f"{h}h{m:02d}m"
+
+
+def cost_text(seconds, usd_per_hour, before=" (", after=")"):
+    """What `seconds` of the machine cost at --usd_per_hour, as " ($2.80)"; "" without a price."""
+    return "" if usd_per_hour is None else f"{before}${seconds / 3600 * usd_per_hour:,.2f}{after}"
+
+
+def tokens_text(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def count_due(every, after, last):
@@ -1091,12 +1138,62 @@ def count_due(every, after, last):
 
 LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}",
                "lr": "{:.6e}", "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
-               "mfu": "{:.4f}", "elapsed": "{:.1f}"}
+               "mfu": "{:.4f}", "mem": "{:.2f}", "elapsed": "{:.1f}"}
+
+
+class TensorBoardSink:
+    """--tensorboard 1: event files in <log_dir>/tensorboard (`tensorboard --logdir LOG_DIR`)."""
+
+    def __init__(self, args, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        # purge_step: TensorBoard hides the points at steps >= start_step written before, by a
+        # killed run past its checkpoint (a timeline this run abandons); the earlier ones stand
+        folder = f"{args.log_dir}/tensorboard"
+        self.replay_from = start_step if os.path.isdir(folder) else 0  # see RunLog.begin
+        self.writer = SummaryWriter(folder, purge_step=start_step)
+        for summary in hparams({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
+                                for k, v in config.items()}, {"val": None, "hella": None}):
+            self.writer.file_writer.add_summary(summary)  # the settings, in the HPARAMS tab
+        self.close = self.writer.close
+
+    def log(self, step, values, texts):
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        for i, text in enumerate(texts):
+            self.writer.add_text(f"sample{i}", text, step)
+        self.writer.flush()  # as log.txt is: a kill -9 loses nothing before its checkpoint
+
+
+class WandbSink:
+    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. wandb sends what it
+    is given every ~15 s, so a kill -9 loses the last seconds, before the checkpoint too: a
+    continued run rewinds the run to step 0 (wandb's resume_from; a killed run has logged step 0
+    long before its first checkpoint) and logs log.txt's records again from step 1, which also
+    drops the abandoned timeline past the checkpoint. WANDB_MODE=offline rewrites nothing on
+    disk: each process writes an offline-run folder of its own, the continued one records the
+    rewind, and the server applies it at `wandb sync` (oldest folder first)."""
+
+    def __init__(self, args, config, start_step):
+        import wandb
+
+        self.wandb, run_id = wandb, config.get("wandb_run_id")
+        rewind = {"resume_from": f"{run_id}?_step=0"} if run_id and start_step else {}
+        self.replay_from = 1 if rewind else 0  # see RunLog.begin
+        self.run = wandb.init(project=args.wandb, name=args.wandb_run, config=config,
+                              dir=os.environ.get("WANDB_DIR") or args.log_dir, **rewind)
+        config["wandb_run_id"], self.close = self.run.id, self.run.finish
+
+    def log(self, step, values, texts):
+        table = self.wandb.Table(columns=["sample"], data=[[t] for t in texts])
+        self.run.log(values | ({"samples": table} if texts else {}), step=step)
 
 
 class RunLog:
     """All a run writes but checkpoints, on rank 0 only: the console, log.txt, samples.txt and
-    config.json. log_dir None: console only.
+    config.json, and the live views (--tensorboard, --wandb), which get log.txt's values.
+    log_dir None: console only.
 
     The format of log.txt and samples.txt, written here and read by parse_record / read_log (the
     only reader: the write-up tool, the notebook, the benchmarks and the tests all use it): one
@@ -1109,6 +1206,8 @@ class RunLog:
         self.dir, self.master = log_dir, master
         self.log_file, self.samples_file, self.config_file = (
             os.path.join(log_dir or "", n) for n in ("log.txt", "samples.txt", "config.json"))
+        # config.json's dict (its "targets"); the training steps' time, evaluations excluded
+        self.sinks, self.config, self.train_seconds, self.start_step = [], {}, 0.0, 0
 
     def print(self, *args, **kwargs):
         if self.master:
@@ -1116,19 +1215,69 @@ class RunLog:
 
     def record(self, step, **values):
         if self.master and self.dir:
+            texts = {name: LOG_FORMATS.get(name, "{}").format(v) for name, v in values.items()
+                     if v is not None}
             with open(self.log_file, "a") as f:
-                f.writelines(f"{step} {name} {LOG_FORMATS.get(name, '{}').format(v)}\n"
-                             for name, v in values.items() if v is not None)
+                f.writelines(f"{step} {name} {text}\n" for name, text in texts.items())
+            self.train_seconds += values.get("dt", 0) / 1000
+            self.live(step, {name: float(text) for name, text in texts.items()})
 
     def samples(self, step, texts):
         if self.master and self.dir:
             with open(self.samples_file, "a") as f:
                 f.writelines(f"{step} sample{i} {json.dumps(t)}\n" for i, t in enumerate(texts))
+            self.live(step, {}, texts)
+
+    def live(self, step, values, texts=(), sinks=None):
+        """A step's values as log.txt holds them, or its samples, to the live views; the first
+        time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
+        line, and config.json records it."""
+        for sink in (self.sinks if sinks is None else sinks) if values or texts else []:
+            sink.log(step, values, texts)
+        for t in self.config.get("targets", []) if step >= self.start_step else []:
+            v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
+            if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
+                    1 if t["metric"] == "val" else -1) > 0:
+                continue
+            usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
+            t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
+                                train_hours=round(hours, 6),
+                                gpu_hours=round(hours * c["world_size"], 6))
+            self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
+                       f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
+                       f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
+                       + cost_text(hours * 3600, c["usd_per_hour"], ", ", ""))
+            self.write_config(c)
+
+    def begin(self, args, config, start_step):
+        """Once log.txt and samples.txt were cut back to start_step: the live views, given again
+        what they lost of the records that stay, from their replay_from on (at least those of
+        start_step: its evaluations ran before the checkpoint); then config.json."""
+        if self.master and self.dir:
+            log, samples = (read_log(p) if os.path.exists(p) else LogRecords([], [])
+                            for p in (self.log_file, self.samples_file))
+            if self.train_seconds is None:  # a checkpoint older than "train_seconds"
+                self.train_seconds = sum(v for _, name, v in log.records if name == "dt") / 1000
+            self.config, self.start_step, self.sinks = config, start_step, [
+                sink(args, config, start_step) for flag, sink in (
+                    (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
+            steps = {}  # step -> (values, samples), samples.txt's lines being no numbers
+            for step, name, value in log.records:
+                steps.setdefault(step, ({}, []))[0][name] = value
+            for step, _, text in map(parse_record, samples.unreadable):
+                steps.setdefault(step, ({}, []))[1].append(json.loads(text))
+            for step, (values, texts) in sorted(steps.items()):
+                self.live(step, values, texts, [s for s in self.sinks if step >= s.replay_from])
+        self.write_config(config)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
 
     def write_config(self, config):
         if self.master and self.dir:
             text = json.dumps(config, indent=2) + "\n"
-            atomic_write(self.config_file, lambda tmp: write_text(tmp, text))
+            atomic_write(self.config_file, text)
 
     def set_aside_old_logs(self):
         """A run that crashed before its first checkpoint: keep its files under the time they
@@ -1250,11 +1399,87 @@ def load_hellaswag(args, block_size, log):
     return examples
 
 
-def train(args):
-    """One run (or --benchmark): the setup, then the loop. -> the exit code."""
-    # ---- setup: processes, device, precision; the arguments are checked before anything else
+@dataclass
+class Due:
+    """The periodic tasks that run at a step, before its training step, in this order."""
+    val: bool = False
+    hella: bool = False
+    samples: bool = False
+    ckpt: bool = False
+
+
+def task_every(args):
+    """Steps between runs of each periodic task (0: never); --benchmark runs none of them."""
+    every = {"val": args.val_every, "hella": args.hellaswag_every, "samples": args.sample_every,
+             "ckpt": args.checkpoint_every}
+    return dict.fromkeys(every, 0) if args.benchmark else every
+
+
+@dataclass
+class Run:
+    """What the loop works with. raw_model is the module (checkpoints, samples, the optimizer);
+    model is what the forward passes run: raw_model compiled, and under torchrun wrapped in DDP (a
+    whole copy per GPU), unless --fsdp sharded raw_model itself over the GPUs."""
+    args: argparse.Namespace
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: str  # resolved: bf16, fp16 or fp32
+    amp: object  # autocast_ctx(): mixed precision, or nothing
+    compiled: bool
+    grad_accum: int  # micro-steps per step
+    model_config: GPTConfig
+    log: RunLog
+    loader: object = None  # TrainLoader, or RandomTokens for --benchmark
+    val_set: ValSet = None
+    examples: list = None  # HellaSwag's, when it is evaluated
+    enc: object = None  # tiktoken's GPT-2 encoding, for the samples
+    raw_model: GPT = None
+    model: nn.Module = None
+    optimizers: list = None
+    peak_lrs: list = None  # one per optimizer
+    optimizer_settings: dict = None
+    scaler: torch.amp.GradScaler = None  # fp16 only
+    estimate: tuple = (0.0, 0.0)  # memory_estimate()
+    flops: float = 0.0  # per token, and the card's peak FLOP/s (None: unknown), for MFU
+    peak: float = None
+    config: dict = None  # config.json as written at the start
+    ckpt_path: str = None  # the checkpoint this run continues from, and the schedule changes
+    changes: list = ()  # that --resume makes there
+    start_step: int = 0
+    evals_done: bool = False  # the evaluations of start_step ran before its checkpoint
+    elapsed_before: float = 0.0  # seconds trained before this process started
+    t_start: float = 0.0
+    last_val: float = None
+    last_hella: float = None
+    task_seconds: dict = None  # how long each periodic task took the last time, for the ETA
+    stop: StopRequest = None
+
+    def elapsed(self):
+        return self.elapsed_before + time.time() - self.t_start
+
+    def should_stop(self):
+        """Did any rank get Ctrl-C or SIGTERM? A collective: every rank asks at the same points."""
+        return any_rank(self.stop.signum is not None, self.device)
+
+    def tasks_due(self, step):
+        last = step == self.args.max_steps
+        due = Due(**{task: n > 0 and (step % n == 0 or last)
+                     for task, n in task_every(self.args).items()})
+        due.samples &= step > 0
+        due.ckpt = (due.ckpt or last) and not self.args.benchmark
+        if step == self.start_step:  # the checkpoint we continue from holds this step's weights
+            if self.evals_done:  # ... and its evaluations ran before it was written
+                return Due()
+            due.ckpt &= self.ckpt_path is not None
+        return due
+
+
+def start_run(args):
+    """Processes, device and precision, then every check (arguments, the checkpoint to continue
+    from, the data) before the model is built: -> (Run, that checkpoint or None)."""
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    world_size, master = int(os.environ.get("WORLD_SIZE", 1)), rank == 0
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolve_defaults(args, world_size)
     validate_args(args, world_size)
     device = resolve_device(args.device, local_rank)
@@ -1263,300 +1488,335 @@ def train(args):
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left
     if "RANK" in os.environ:  # started by torchrun
         init_process_group(device, rank, world_size)
-    dtype = choose_dtype(args.dtype, device)
-    amp = autocast_ctx(device.type, dtype)
-    compile_model = bool(args.compile if args.compile is not None else device.type == "cuda")
+    compiled = bool(args.compile if args.compile is not None else device.type == "cuda")
     grad_accum = args.total_batch // (args.micro_batch * args.seq_len * world_size)
-    model_config = model_config_from_args(args)
-    check_cpu_memory(args, model_config, device, world_size)
-    log = RunLog(None if args.benchmark else args.log_dir, master)
+    dtype = choose_dtype(args.dtype, device)
+    run = Run(args, rank, world_size, device, dtype, autocast_ctx(device.type, dtype), compiled,
+              grad_accum, model_config_from_args(args),
+              RunLog(None if args.benchmark else args.log_dir, rank == 0), task_seconds={})
+    check_cpu_memory(args, run.model_config, device, world_size)
     if args.warmup_steps >= args.max_steps and not args.benchmark:
-        log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps {args.max_steps}: "
-                  f"the LR never reaches its peak", file=sys.stderr)
-
-    # ---- setup: what the run continues from, and the data; nothing is written before the
-    # last check has passed
-    ckpt_path, ckpt, changes = None, None, []
+        run.log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps "
+                      f"{args.max_steps}: the LR never reaches its peak", file=sys.stderr)
+    ckpt = None
     if args.benchmark:
-        loader, val_set = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank), None
+        run.loader = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank)
     else:
-        check_folder(args.log_dir, "--log_dir", master, device)
-        ckpt_path, ckpt = find_checkpoint(args)
+        check_folder(args.log_dir, "--log_dir", rank == 0, device)
+        run.ckpt_path, ckpt = find_checkpoint(args)
         if ckpt is not None:
-            changes = compare_settings(args, model_config, ckpt, ckpt_path)
+            run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
             if ckpt["step"] >= args.max_steps and ckpt["evals_done"]:
-                raise NothingToDo(f"nothing to do: {ckpt_path} is step {ckpt['step']}, the end of "
-                                  f"this run (--max_steps {args.max_steps})")
-        loader, val_set = load_data(args, rank, world_size, device, log)
-    examples = load_hellaswag(args, model_config.block_size, log)
-    enc = get_encoding() if args.sample_every and not args.benchmark else None
+                raise NothingToDo(f"nothing to do: {run.ckpt_path} is step {ckpt['step']}, the "
+                                  f"end of this run (--max_steps {args.max_steps})")
+        run.loader, run.val_set = load_data(args, rank, world_size, device, run.log)
+    run.examples = load_hellaswag(args, run.model_config.block_size, run.log)
+    run.enc = get_encoding() if args.sample_every and not args.benchmark else None
+    return run, ckpt
 
-    # ---- setup: the model. raw_model is the module (checkpoints, samples, the optimizer);
-    # model is what the forward passes run: raw_model compiled, and under torchrun wrapped in
-    # DDP (a whole copy per GPU), unless --fsdp sharded raw_model itself over the GPUs
+
+def build_model(run):
+    """The model on its device (sharded with --fsdp, compiled, DDP-wrapped), its optimizers and
+    the fp16 loss scaler; prints its size and the memory estimate."""
+    args, device = run.args, run.device
     torch.manual_seed(args.seed)  # the same init on every rank (DDP broadcasts it anyway)
-    raw_model = GPT(model_config).to(device)
-    raw_model.activation_checkpointing = bool(args.activation_checkpointing)
+    run.raw_model = GPT(run.model_config).to(device)
+    run.raw_model.activation_checkpointing = bool(args.activation_checkpointing)
     if args.fsdp:
-        if dtype == "fp16":
+        if run.dtype == "fp16":
             raise UserError("--fsdp needs bf16 or fp32 (this card would train in fp16); use "
                             "--dtype fp32, or leave out --fsdp")
-        shard_model(raw_model, dtype)
-    model = torch.compile(raw_model) if compile_model else raw_model
+        shard_model(run.raw_model, run.dtype)
+    run.model = torch.compile(run.raw_model) if run.compiled else run.raw_model
     if dist.is_initialized() and not args.fsdp:
         # no buffers to broadcast before each forward (the RoPE tables derive from the config),
         # and the gradients as views into the all-reduce buckets: one copy of them less
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+        run.model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True, **DDP_NO_BUFFER_SYNC)
-    optimizers, optimizer_settings = configure_optimizers(raw_model, args, device.type)
-    peak_lrs = [args.max_lr, args.muon_lr][:len(optimizers)]
-    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
-    n_params = raw_model.num_params()
-    log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters, {dtype}, compile "
-              f"{compile_model}, {world_size} process(es), {grad_accum} micro-steps per step")
-    log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
-                                        for name, s in optimizer_settings.items()))
-    estimate = memory_estimate(model_config, args, n_params, optimizer_settings.get(
-        "muon", {}).get("params", 0), world_size)
+    run.optimizers, run.optimizer_settings = configure_optimizers(run.raw_model, args,
+                                                                  device.type)
+    run.peak_lrs = [args.max_lr, args.muon_lr][:len(run.optimizers)]
+    run.scaler = torch.amp.GradScaler(device.type) if run.dtype == "fp16" else None
+    n_params = run.raw_model.num_params()
+    run.log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters, {run.dtype}, "
+                  f"compile {run.compiled}, {run.world_size} process(es), {run.grad_accum} "
+                  f"micro-steps per step")
+    run.log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
+                                            for name, s in run.optimizer_settings.items()))
+    run.flops = flops_per_token(run.raw_model, args.seq_len)
+    run.peak = peak_flops(device_name(device), args.peak_tflops)
+    n_muon = run.optimizer_settings.get("muon", {}).get("params", 0)
+    run.estimate = memory_estimate(run.model_config, args, n_params, n_muon, run.world_size)
     if device.type == "cuda":
+        states, activations = run.estimate
         card = torch.cuda.get_device_properties(device).total_memory / 2**30
-        log.print(f"memory estimate per GPU: {sum(estimate):.1f} GiB ({estimate[0]:.1f} weights, "
-                  f"gradients and optimizer, {estimate[1]:.1f} activations) of {card:.1f} GiB")
-        if sum(estimate) > 0.9 * card:  # the CUDA context, NCCL and fragmentation need room
-            log.print("warning: this may not fit; " + ", ".join(
-                ["--fsdp"] * (not args.fsdp and world_size > 1)
+        run.log.print(f"memory estimate per GPU: {states + activations:.1f} GiB ({states:.1f} "
+                      f"weights, gradients and optimizer, {activations:.1f} activations) of "
+                      f"{card:.1f} GiB")
+        if states + activations > 0.9 * card:  # the CUDA context, NCCL and fragmentation
+            run.log.print("warning: this may not fit; " + ", ".join(
+                ["--fsdp"] * (not args.fsdp and run.world_size > 1)
                 + ["--activation_checkpointing 1"] * (not args.activation_checkpointing)
-                + [f"a smaller --micro_batch ({micro_batch_options(args, world_size)})"]))
-    # checkpoints hold full (unsharded) state dicts, the optimizer's state keyed by parameter
-    # name: the same file continues a run with or without --fsdp (imported here: 0.5 s)
+                + [f"a smaller --micro_batch ({micro_batch_options(args, run.world_size)})"]))
+
+
+def full_state_dicts(**options):
+    """torch's state-dict functions, set for full (unsharded) state dicts: checkpoints hold the
+    whole model and the optimizer's state keyed by parameter name, so the same file continues a
+    run with or without --fsdp. (Imported here: 0.5 s, which --export and the tests skip.)"""
     from torch.distributed.checkpoint import state_dict as dcp
 
-    start_step, elapsed_before, evals_done = 0, 0.0, False
-    if ckpt is not None:
-        full = dcp.StateDictOptions(full_state_dict=True)
-        dcp.set_model_state_dict(raw_model, ckpt["model"], options=full)
-        dcp.set_optimizer_state_dict(raw_model, optimizers, ckpt["optimizer"], options=full)
-        if scaler and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_step, elapsed_before, evals_done = ckpt["step"], ckpt["elapsed"], ckpt["evals_done"]
-        del ckpt  # a 124M checkpoint holds 1.5 GB of CPU tensors
+    return dcp, dcp.StateDictOptions(full_state_dict=True, **options)
 
-    # ---- setup: the log dir, locked by rank 0 while the run lives; the first writes
+
+def restore(run, ckpt):
+    """Continue: the checkpoint's weights, optimizer and scaler states, step and time."""
+    dcp, full = full_state_dicts()
+    dcp.set_model_state_dict(run.raw_model, ckpt["model"], options=full)
+    dcp.set_optimizer_state_dict(run.raw_model, run.optimizers, ckpt["optimizer"], options=full)
+    if run.scaler and ckpt["scaler"]:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_step, run.elapsed_before = ckpt["step"], ckpt["elapsed"]
+    run.evals_done = ckpt["evals_done"]
+    run.log.train_seconds = ckpt.get("train_seconds")  # None: an older one (RunLog.begin)
+
+
+def open_log_dir(run):
+    """Rank 0 locks --log_dir for as long as the run lives, cuts the logs back to the step it
+    continues from (or sets aside an earlier run's logs that have no checkpoint) and writes
+    config.json: the run's first writes; then the live views start."""
+    log = run.log
+    rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
+                "--log_dir")
+    if run.rank == 0 and run.ckpt_path:
+        for path in (log.log_file, log.samples_file):
+            cut_back_log(path, run.start_step, keep_evals=run.evals_done)
+        log.print(f"continuing from {run.ckpt_path} at step {run.start_step}"
+                  + "".join(f"; {k} {old} -> {new}" for k, old, new in run.changes))
+    elif run.rank == 0 and (kept := log.set_aside_old_logs()):
+        log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
+    run.config = run_config(run) if run.rank == 0 else {}
+    log.begin(run.args, run.config, run.start_step)
+
+
+def save_checkpoint(run, step, evals_done):
+    """Rank 0 writes model_{step}.pt atomically; a failed write is every rank's error, and the
+    earlier checkpoints stay as they were."""
+    # gathered to rank 0 under --fsdp: a collective, every rank is here
+    dcp, full = full_state_dicts(cpu_offload=True)
+    state = {"model": dcp.get_model_state_dict(run.raw_model, options=full),
+             "optimizer": dcp.get_optimizer_state_dict(run.raw_model, run.optimizers,
+                                                       options=full),
+             "scaler": run.scaler.state_dict() if run.scaler else None, "step": step,
+             "evals_done": evals_done,  # the evaluations of `step` ran before this save
+             "config": asdict(run.model_config), "args": dict(vars(run.args)),
+             "elapsed": run.elapsed(), "val_loss": run.last_val,
+             "train_seconds": run.log.train_seconds}
+    path = checkpoint_path(run.args.log_dir, step)
+
+    def write():
+        try:
+            atomic_write(path, lambda tmp: torch.save(state, tmp),
+                         tmp=os.path.join(run.args.log_dir, "model.pt.tmp"))
+        except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
+            raise UserError(f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); "
+                            f"the earlier checkpoints are intact: free some disk space and run "
+                            f"the same command again") from None
+    rank0_tries(write, run.device, "rank 0 could not write a checkpoint")
+    run.log.print(f"saved checkpoint {path}")
+
+
+@torch.no_grad()
+def check_weights(run, step):
+    """A finite loss says nothing of the update that followed it: one forward on the step's first
+    micro-batch makes sure the weights still give a finite loss before they are evaluated,
+    sampled from or saved."""
+    x, y = run.loader.batch(step, 0)
+    with run.amp:
+        _, loss = run.raw_model(x.to(run.device), y.to(run.device))
+    if any_rank(not math.isfinite(loss.item()), run.device):
+        raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a "
+                        f"training batch); no checkpoint was written; {lower_lr_hint(run.args)}")
+
+
+def lower_lr_hint(args):
+    found = list_checkpoints(args.log_dir)
+    return f"lower --max_lr and --resume {found[-1]}" if found else "lower --max_lr"
+
+
+def train(args):
+    """One run (or --benchmark): the setup, continue or start, then the loop. -> the exit code."""
+    # ---- setup: every check first, then the model; nothing is written before the last check
+    run, ckpt = start_run(args)
+    build_model(run)
+    if ckpt is not None:  # ---- continue where the checkpoint left off
+        restore(run, ckpt)
+        del ckpt  # a 124M checkpoint holds 1.5 GB of CPU tensors
     if not args.benchmark:
-        error = None
-        if master:
-            try:
-                lock_log_dir(args.log_dir)
-            except UserError as e:
-                error = str(e)
-        if any_rank(error, device):
-            raise UserError(error or "rank 0 could not lock --log_dir")
-        if master and ckpt_path:
-            for path in (log.log_file, log.samples_file):
-                cut_back_log(path, start_step, keep_evals=evals_done)
-            log.print(f"continuing from {ckpt_path} at step {start_step}"
-                      + "".join(f"; {k} {old} -> {new}" for k, old, new in changes))
-        elif master and (kept := log.set_aside_old_logs()):
-            log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
-        config = run_config(args, log, model_config, n_params, world_size, grad_accum, device,
-                            dtype, compile_model, optimizer_settings, loader, val_set, ckpt_path,
-                            start_step, changes) if master else {}
-        log.write_config(config)
-    stop = StopRequest(log)
-    should_stop = lambda: any_rank(stop.signum is not None, device)  # noqa: E731 (collective)
-    peak = peak_flops(device_name(device), args.peak_tflops)
-    flops = flops_per_token(raw_model, args.seq_len)
+        open_log_dir(run)
+    run.stop = StopRequest(run.log)
+    model, raw_model, device, log, amp = run.model, run.raw_model, run.device, run.log, run.amp
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def save_checkpoint(step, evals_done):
-        """Rank 0 writes model_{step}.pt atomically; a failed write is every rank's error, and
-        the earlier checkpoints stay as they were."""
-        # gathered to rank 0 under --fsdp: a collective, every rank is here
-        full = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = {"model": dcp.get_model_state_dict(raw_model, options=full),
-                 "optimizer": dcp.get_optimizer_state_dict(raw_model, optimizers, options=full),
-                 "scaler": scaler.state_dict() if scaler else None, "step": step,
-                 "evals_done": evals_done,  # the evaluations of `step` ran before this save
-                 "config": asdict(model_config), "args": dict(vars(args)), "elapsed": elapsed(),
-                 "val_loss": last_val}
-        path, error = checkpoint_path(args.log_dir, step), None
-        if master:
-            try:
-                atomic_write(path, lambda tmp: torch.save(state, tmp),
-                             tmp=os.path.join(args.log_dir, "model.pt.tmp"))
-            except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
-                error = (f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); the "
-                         f"earlier checkpoints are intact: free some disk space and run the same "
-                         f"command again")
-        if any_rank(error, device):
-            raise UserError(error or "rank 0 could not write a checkpoint")
-        log.print(f"saved checkpoint {path}")
-
-    @torch.no_grad()
-    def check_weights(step):
-        """A finite loss says nothing of the update that followed it: one forward on the step's
-        first micro-batch makes sure the weights still give a finite loss before they are
-        evaluated, sampled from or saved."""
-        x, y = loader.batch(step, 0)
-        with amp:
-            _, loss = raw_model(x.to(device), y.to(device))
-        if any_rank(not math.isfinite(loss.item()), device):
-            raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a "
-                            f"training batch); no checkpoint was written; {lower_lr_hint()}")
-
-    def lower_lr_hint():
-        found = list_checkpoints(args.log_dir)
-        return f"lower --max_lr and --resume {found[-1]}" if found else "lower --max_lr"
-
-    def elapsed():
-        return elapsed_before + time.time() - t_start
-
     # ---- the loop: the evaluations of step s, then the training step s -> s+1, then its log
-    t_start, step_times, last_val, last_hella = time.time(), [], None, None
-    every = {"val": args.val_every, "hella": args.hellaswag_every, "samples": args.sample_every,
-             "ckpt": args.checkpoint_every}
-    if args.benchmark:
-        every = dict.fromkeys(every, 0)
-    task_seconds = {}  # how long each periodic task took the last time, for the ETA
-    for step in range(start_step, args.max_steps + 1):
+    run.t_start, step_times = time.time(), []
+    for step in range(run.start_step, args.max_steps + 1):
         last_step = step == args.max_steps
 
         # -- evaluation: val loss, HellaSwag, samples, then the checkpoint, each when it is due
-        due = {task: n > 0 and (step % n == 0 or last_step) for task, n in every.items()}
-        due["samples"] &= step > 0
-        due["ckpt"] = (due["ckpt"] or last_step) and not args.benchmark
-        if step == start_step:  # the checkpoint we continue from holds this step's weights
-            due["ckpt"] &= ckpt_path is not None and not evals_done
-            if evals_done:  # ... and its evaluations ran before it was written
-                due = dict.fromkeys(due, False)
-        if step > start_step and any(due.values()):
-            check_weights(step)  # never evaluate, sample from or save diverged weights
+        due = run.tasks_due(step)
+        if step > run.start_step and due != Due():
+            check_weights(run, step)  # never evaluate, sample from or save diverged weights
         t0 = time.time()
-        if due["val"]:
-            last_val = evaluate_val(model, val_set, args.micro_batch, device, amp, rank,
-                                    world_size, should_stop)
-            if last_val is None:  # stopped: save this step; its evaluations run again later
-                save_checkpoint(step, evals_done=False)
-                return stopped(log, step, stop)
-            task_seconds["val"], t0 = time.time() - t0, time.time()
-            log.print(f"step {step:5d} | val loss {last_val:.4f}")
-            log.record(step, val=last_val)
-        if due["hella"]:
-            result = hellaswag.evaluate(model, examples, device, autocast=amp, rank=rank,
-                                        world_size=world_size, batch_size=args.hellaswag_batch,
-                                        max_len=model_config.block_size, should_stop=should_stop)
+        if due.val:
+            run.last_val = evaluate_val(model, run.val_set, args.micro_batch, device, amp,
+                                        run.rank, run.world_size, run.should_stop)
+            if run.last_val is None:  # stopped: save this step; its evaluations run again later
+                return stopped(run, step)
+            run.task_seconds["val"], t0 = time.time() - t0, time.time()
+            log.print(f"step {step:5d} | val loss {run.last_val:.4f}")
+            log.record(step, val=run.last_val)
+        if due.hella:
+            result = hellaswag.evaluate(model, run.examples, device, autocast=amp,
+                                        rank=run.rank, world_size=run.world_size,
+                                        batch_size=args.hellaswag_batch,
+                                        max_len=run.model_config.block_size,
+                                        should_stop=run.should_stop)
             if result is None:
-                save_checkpoint(step, evals_done=False)
-                return stopped(log, step, stop)
-            task_seconds["hella"], t0 = time.time() - t0, time.time()
-            last_hella = result["acc_norm"]
+                return stopped(run, step)
+            run.task_seconds["hella"], t0 = time.time() - t0, time.time()
+            run.last_hella = result["acc_norm"]
             log.print(f"step {step:5d} | hellaswag {result['num_correct_norm']}/"
-                      f"{result['examples']} acc_norm {last_hella:.4f} acc {result['acc']:.4f}")
-            log.record(step, hella=last_hella, hella_acc=result["acc"])
-        if due["samples"] and (master or args.fsdp):  # one rank is enough, unless sharded
-            texts = generate_samples(raw_model, enc, args, step, device, amp)
-            task_seconds["samples"], t0 = time.time() - t0, time.time()
+                      f"{result['examples']} acc_norm {run.last_hella:.4f} acc "
+                      f"{result['acc']:.4f}")
+            log.record(step, hella=run.last_hella, hella_acc=result["acc"])
+        if due.samples and (run.rank == 0 or args.fsdp):  # one rank is enough, unless sharded
+            texts = generate_samples(raw_model, run.enc, args, step, device, amp)
+            run.task_seconds["samples"], t0 = time.time() - t0, time.time()
             for i, text in enumerate(texts):
                 log.print(f"sample {i}: {text}")
             log.samples(step, texts)
-        if due["ckpt"]:
-            save_checkpoint(step, evals_done=True)
-            task_seconds["ckpt"] = time.time() - t0
+        if due.ckpt:
+            save_checkpoint(run, step, evals_done=True)
+            run.task_seconds["ckpt"] = time.time() - t0
         if last_step:
             break
 
         # -- the training step: grad_accum micro-steps, one gradient all-reduce, clip, update
         t0 = time.time()
         model.train()
-        for optimizer in optimizers:
+        for optimizer in run.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss_accum = torch.zeros((), device=device)
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-        for micro_step in range(grad_accum):
-            x, y = loader.batch(step, micro_step)
+        for micro_step in range(run.grad_accum):
+            x, y = run.loader.batch(step, micro_step)
             x, y = to_device(x, device, static=True), to_device(y, device, static=True)
             # DDP must know BEFORE the forward whether this backward all-reduces the gradients:
             # only the last micro-step's does (build-nanogpt PR #30 fixed this ordering bug).
             # FSDP reduce-scatters every micro-step: else each GPU would hold whole gradients
-            sync = micro_step == grad_accum - 1 or not ddp
+            sync = micro_step == run.grad_accum - 1 or not ddp
             with contextlib.nullcontext() if sync else model.no_sync():
                 with amp:
                     _, loss = model(x, y)
-                loss = loss / grad_accum  # every micro-batch holds the same number of tokens
+                loss = loss / run.grad_accum  # every micro-batch holds the same number of tokens
                 loss_accum += loss.detach()
-                (scaler.scale(loss) if scaler else loss).backward()
-        all_reduce(loss_accum).div_(world_size)  # the mean over the ranks, for the log
-        if scaler:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
+                (run.scaler.scale(loss) if run.scaler else loss).backward()
+        all_reduce(loss_accum).div_(run.world_size)  # the mean over the ranks, for the log
+        if run.scaler:
+            for optimizer in run.optimizers:
+                run.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
         norm = norm.full_tensor() if args.fsdp else norm  # FSDP's is a distributed tensor
         factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        for optimizer, peak_lr in zip(optimizers, peak_lrs):
+        for optimizer, peak_lr in zip(run.optimizers, run.peak_lrs):
             for group in optimizer.param_groups:
                 group["lr"] = peak_lr * factor
         loss_value, norm_value = torch.stack([loss_accum, norm.to(loss_accum)]).tolist()  # 1 sync
-        if not math.isfinite(loss_value) or (not scaler and not math.isfinite(norm_value)):
+        if not math.isfinite(loss_value) or (not run.scaler and not math.isfinite(norm_value)):
             raise UserError(f"loss is {loss_value} (grad norm {norm_value}) at step {step}; the "
-                            f"update was not applied, no checkpoint written; {lower_lr_hint()}")
-        for optimizer in optimizers:
-            scaler.step(optimizer) if scaler else optimizer.step()
-        if scaler:
-            scaler.update()
+                            f"update was not applied, no checkpoint written; "
+                            f"{lower_lr_hint(args)}")
+        for optimizer in run.optimizers:
+            run.scaler.step(optimizer) if run.scaler else optimizer.step()
+        if run.scaler:
+            run.scaler.update()
         synchronize(device)
 
         # -- logging
-        dt = time.time() - t0
-        step_times.append(dt)
-        lr, tok_s = args.max_lr * factor, args.total_batch / dt
-        mfu = flops * tok_s / (peak * world_size) if peak else None
-        # the median: the first step of a process includes minutes of compiling
-        eta = statistics.median(step_times[-20:]) * (args.max_steps - step - 1) + sum(
-            s * count_due(every[task], step, args.max_steps) for task, s in task_seconds.items())
-        log.print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} "
-                  f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
-                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}")
-        log.record(step, train=loss_value, lr=lr, norm=norm_value, dt=dt * 1000,
-                   **{"tok/s": tok_s}, mfu=mfu, elapsed=elapsed())
-        if should_stop() and step + 1 < args.max_steps and not args.benchmark:
-            check_weights(step + 1)
-            save_checkpoint(step + 1, evals_done=False)
-            return stopped(log, step + 1, stop)
+        step_times.append(time.time() - t0)
+        log_step(run, step, loss_value, args.max_lr * factor, norm_value, step_times)
+        if run.should_stop() and step + 1 < args.max_steps and not args.benchmark:
+            check_weights(run, step + 1)
+            return stopped(run, step + 1)
 
-    if args.benchmark:
-        result = speed_figures(step_times, args.total_batch, flops, peak, device, compile_model,
-                               world_size)
-        result |= dict(estimate_gib=round(sum(estimate), 2), gpu=device_name(device),
-                       world_size=world_size, dtype=dtype, compile=compile_model, arch=args.arch,
-                       optimizer=args.optimizer, n_params=n_params, micro_batch=args.micro_batch,
-                       seq_len=args.seq_len, total_batch=args.total_batch, grad_accum=grad_accum,
-                       steps=args.steps, torch=torch.__version__)
-        log.print(json.dumps(result))
-        return 0
-    log.record(args.max_steps, elapsed=elapsed())
-    log.write_config(config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    n = args.max_steps * args.total_batch
-    tokens = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(elapsed())}"
-              + (f"; final val loss {last_val:.4f}" if last_val is not None else "")
-              + (f"; HellaSwag acc_norm {last_hella:.4f}" if last_hella is not None else "")
-              + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
+    return report_benchmark(run, step_times) if args.benchmark else finish(run)
+
+
+def log_step(run, step, loss, lr, norm, step_times):
+    """The step's console line (with the ETA) and its log.txt records."""
+    args, dt = run.args, step_times[-1]
+    tok_s = args.total_batch / dt
+    mfu = run.flops * tok_s / (run.peak * run.world_size) if run.peak else None
+    # the median: the first step of a process includes minutes of compiling
+    every = task_every(args)
+    eta = statistics.median(step_times[-20:]) * (args.max_steps - step - 1) + sum(
+        s * count_due(every[task], step, args.max_steps) for task, s in run.task_seconds.items())
+    run.log.print(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} "
+                  f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
+                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}"
+                  + cost_text(run.elapsed() + eta, args.usd_per_hour, " (", " in all)"))
+    run.log.record(step, train=loss, lr=lr, norm=norm, dt=dt * 1000, **{"tok/s": tok_s}, mfu=mfu,
+                   mem=peak_memory_gib(run.device), elapsed=run.elapsed())
+
+
+def stopped(run, step):
+    """A stop request: save `step` (its evaluations run again when the run continues), exit with
+    128 + the signal."""
+    save_checkpoint(run, step, evals_done=False)
+    run.log.close()
+    run.log.print(f"stopped at step {step}; run the same command again to continue")
+    return 128 + run.stop.signum
+
+
+def report_benchmark(run, step_times):
+    """--benchmark's one JSON line."""
+    args = run.args
+    result = speed_figures(step_times, args.total_batch, run.flops, run.peak, run.device,
+                           run.compiled, run.world_size)
+    result |= dict(estimate_gib=round(sum(run.estimate), 2), gpu=device_name(run.device),
+                   world_size=run.world_size, dtype=run.dtype, compile=run.compiled,
+                   arch=args.arch, optimizer=args.optimizer, n_params=run.raw_model.num_params(),
+                   micro_batch=args.micro_batch, seq_len=args.seq_len,
+                   total_batch=args.total_batch, grad_accum=run.grad_accum, steps=args.steps,
+                   torch=torch.__version__)
+    run.log.print(json.dumps(result))
     return 0
 
 
-def stopped(log, step, stop):
-    log.print(f"stopped at step {step}; run the same command again to continue")
-    return 128 + stop.signum
+def finish(run):
+    """The end of the run: its last records, config.json's end time and the `done:` line."""
+    args, log = run.args, run.log
+    log.record(args.max_steps, elapsed=run.elapsed())
+    log.write_config(run.config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    log.print(f"done: {args.max_steps:,} steps, {tokens_text(args.max_steps * args.total_batch)} "
+              f"tokens in {hms(run.elapsed())}" + cost_text(run.elapsed(), args.usd_per_hour)
+              + (f"; final val loss {run.last_val:.4f}" if run.last_val is not None else "")
+              + (f"; HellaSwag acc_norm {run.last_hella:.4f}" if run.last_hella is not None
+                 else "")
+              + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
+    log.close()
+    return 0
 
 
-def run_config(args, log, model_config, n_params, world_size, grad_accum, device, dtype,
-               compile_model, optimizer_settings, loader, val_set, ckpt_path, start_step, changes):
+def run_config(run):
     """config.json: the arguments as resolved, what the run found (card, torch, data, commit),
     and its history (where it was continued from, which settings changed when)."""
+    args, log = run.args, run.log
     previous = {}
-    if ckpt_path and os.path.exists(log.config_file):
+    if run.ckpt_path and os.path.exists(log.config_file):
         with open(log.config_file) as f:
             previous = json.load(f)
     try:
@@ -1568,17 +1828,59 @@ def run_config(args, log, model_config, n_params, world_size, grad_accum, device
     skip = ("benchmark", "steps", "export", "export_dir", "resume", "argv")
     return {k: v for k, v in vars(args).items() if k not in skip} | dict(
         command=" ".join(["train_gpt2.py"] + args.argv), git_commit=commit,
-        model_config=asdict(model_config), n_params=n_params, world_size=world_size,
-        grad_accum_steps=grad_accum, device_name=device_name(device),
-        n_gpus=world_size if device.type == "cuda" else 0, dtype_resolved=dtype,
-        compile_resolved=compile_model, torch_version=torch.__version__,
-        optimizer_settings=optimizer_settings, tokens_per_step=args.total_batch,
-        train_tokens=loader.stream.total,
-        val_tokens_used=val_set.n_windows * args.seq_len if val_set else 0,
+        model_config=asdict(run.model_config), n_params=run.raw_model.num_params(),
+        world_size=run.world_size, grad_accum_steps=run.grad_accum,
+        device_name=device_name(run.device),
+        n_gpus=run.world_size if run.device.type == "cuda" else 0, dtype_resolved=run.dtype,
+        compile_resolved=run.compiled, torch_version=torch.__version__,
+        optimizer_settings=run.optimizer_settings, tokens_per_step=args.total_batch,
+        train_tokens=run.loader.stream.total,
+        val_tokens_used=run.val_set.n_windows * args.seq_len if run.val_set else 0,
         started_at=previous.get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        resumed_from=previous.get("resumed_from", []) + ([ckpt_path] if ckpt_path else []),
+        resumed_from=previous.get("resumed_from", []) + ([run.ckpt_path] if run.ckpt_path
+                                                         else []),
         setting_changes=previous.get("setting_changes", []) + [
-            {"step": start_step, "setting": k, "old": old, "new": new} for k, old, new in changes])
+            {"step": run.start_step, "setting": k, "old": old, "new": new}
+            for k, old, new in run.changes],
+        targets=run_targets(args, previous.get("targets", []), run.start_step),
+        **{k: previous[k] for k in ["wandb_run_id"] if k in previous})
+
+
+GPT2_VAL_LOSS = 3.2924  # GPT-2 124M (OpenAI's weights) on FineWeb-Edu's val shard (build-nanogpt)
+GPT2_HELLASWAG = 0.2945  # its HellaSwag acc_norm on all 10,042 val examples
+
+
+def is_fineweb_edu(data_dir):
+    """fineweb.py's manifest.json names its input (files from --source get the hub's shard
+    prefix too); shards without one are build-nanogpt's fineweb.py's if named edufineweb_*."""
+    try:
+        with open(os.path.join(data_dir, "manifest.json")) as f:
+            return json.load(f)["settings"]["input"].get("path") == "HuggingFaceFW/fineweb-edu"
+    except FileNotFoundError:
+        return all(os.path.basename(p).startswith("edufineweb_")
+                   for p in find_shards(data_dir, "train"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def run_targets(args, previous, start_step):
+    """config.json's "targets": GPT-2 124M's scores (or --target_*), whether this run may claim
+    each (else a note says why), and where each was first reached: kept across a resume, unless
+    on the timeline past start_step that the resume abandons."""
+    before, targets = {t["metric"]: t for t in previous}, []
+    for metric, given, default, note in (
+            ("val", args.target_val_loss, GPT2_VAL_LOSS, not is_fineweb_edu(args.data_dir) and
+             f"the default val target is GPT-2's FineWeb-Edu score; this run's data is "
+             f"{args.data_dir}, not FineWeb-Edu"),
+            ("hella", args.target_hellaswag, GPT2_HELLASWAG, args.hellaswag_limit and
+             f"GPT-2's score is on all 10,042 HellaSwag val examples; --hellaswag_limit "
+             f"{args.hellaswag_limit} is a subset, not comparable")):
+        target, note = (default, note or None) if given is None else (given, None)
+        old = before.get(metric) or {"reached": None}
+        keep = old["reached"] and old["reached"]["step"] < start_step and old["target"] == target
+        targets.append(dict(metric=metric, target=target, applies=not note, note=note,
+                            reached=old["reached"] if keep else None))
+    return targets
 
 
 # -----------------------------------------------------------------------------
