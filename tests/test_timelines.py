@@ -113,6 +113,7 @@ def on_two_ranks(monkeypatch, other_rank):
     monkeypatch.setattr(tg.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(tg.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(tg.dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(tg.dist, "all_reduce", lambda t, op=None: None)  # any_rank: rank 0's flag
     monkeypatch.setattr(tg.dist, "destroy_process_group", lambda: None)
 
 
