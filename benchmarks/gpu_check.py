@@ -391,7 +391,7 @@ def run_process(cmd, log_path, env, timeout, grace=10, until=None):
     the whole tree, inductor's compile workers included). `until`, polled every 50 ms, ends it
     early: SIGTERM to the process, as a preempted job gets, and 120 s to exit. Whatever happens
     (a timeout, an Interrupted meanwhile) the group is gone on return: SIGTERM, then SIGKILL after
-    `grace` s. -> (exit code, timed out, whether until fired)"""
+    `grace` s. -> (exit code, why it failed or None, whether until fired)"""
     deadline, fired = time.monotonic() + max(0.0, timeout), False
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -413,7 +413,9 @@ def run_process(cmd, log_path, env, timeout, grace=10, until=None):
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-    return proc.returncode, timed_out, fired
+    why = f"timed out after {timeout:.0f} s" if timed_out else proc.returncode and (
+        f"exit code {proc.returncode}")
+    return proc.returncode, why or None, fired
 
 
 def tail_text(text, n=15, width=300):
@@ -445,11 +447,6 @@ def outcome(why, log_path, seconds, **fields):
         status, error = (("oom", f"{oom[-1].strip()[:300]}\n({why})") if oom
                          else ("failed", f"{why}\n{tail_text(text)}"))
     return dict(status=status, seconds=round(seconds, 1), error=error, log=log_path.name, **fields)
-
-
-def exit_why(rc, timed_out, timeout):
-    return (f"timed out after {timeout:.0f} s" if timed_out
-            else f"exit code {rc}" if rc != 0 else None)
 
 
 class Estimator:
@@ -615,11 +612,10 @@ class Runner:
 
     def run_script(self, part, log_path, timeout):
         """A script that prints one JSON result line last and exits 0."""
-        rc, timed_out, _ = run_process(part.cmd, log_path, self.env, timeout)
+        rc, why, _ = run_process(part.cmd, log_path, self.env, timeout)
         result = last_json(log_path.read_text(errors="replace"))
-        why = exit_why(rc, timed_out, timeout) or (
-            "exit code 0 but no JSON result line" if result is None else None)
-        return why, dict(rc=rc, timed_out=timed_out, result=result)
+        why = why or ("exit code 0 but no JSON result line" if result is None else None)
+        return why, dict(rc=rc, result=result)
 
     @contextlib.contextmanager
     def trainer_run(self, part):
@@ -640,8 +636,7 @@ class Runner:
     def run_compare(self, part, log_path, timeout):
         """One variant of the comparison: train, then its figures from log.txt and config.json."""
         with self.trainer_run(part) as (cmd, log_dir, _):
-            rc, timed_out, _ = run_process(cmd, log_path, self.env, timeout)
-            why = exit_why(rc, timed_out, timeout)
+            rc, why, _ = run_process(cmd, log_path, self.env, timeout)
             return why, dict(rc=rc, result=None if why else compare.figures(log_dir))
 
     def run_train(self, part, log_path, timeout):
@@ -655,22 +650,23 @@ class Runner:
                 return bool(first) and (last_train_step(log_dir / "log.txt")
                                         >= first[0] + spec["stop_after"])
 
-            rc, timed_out, stopped = run_process(cmd, log_path, self.env, timeout,
-                                                 TRAIN_GRACE_S, until=past_checkpoint)
+            rc, why, stopped = run_process(cmd, log_path, self.env, timeout, TRAIN_GRACE_S,
+                                           until=past_checkpoint)
             result["stop_rc"] = rc
-            why = (("the stopped run did not exit in time after SIGTERM" if stopped else
-                    f"no checkpoint and a train record {spec['stop_after']} steps past it")
-                   if timed_out else None if stopped else
-                   f"the first run ended (exit code {rc}) before it could be stopped")
+            timed_out = bool(why) and why.startswith("timed out")
+            if stopped:  # its exit code is one of the checks
+                why = "the stopped run did not exit in time after SIGTERM" if timed_out else None
+            elif timed_out:
+                why = f"no checkpoint and a train record {spec['stop_after']} steps past it"
+            else:
+                why = f"the first run ended ({why or 'exit code 0'}) before it could be stopped"
             if (log_dir / "log.txt").is_file():
                 shutil.copyfile(log_dir / "log.txt", keep / "log_stopped.txt")
             if not why:
                 result["resume_step"] = (checkpoint_steps(log_dir) or [None])[-1]
-                left = deadline - time.monotonic()
-                rc, timed_out, _ = run_process(cmd + ["--resume"], log_path, self.env, left,
-                                               TRAIN_GRACE_S)
+                rc, why, _ = run_process(cmd + ["--resume"], log_path, self.env,
+                                         deadline - time.monotonic(), TRAIN_GRACE_S)
                 result["resume_rc"] = rc
-                why = exit_why(rc, timed_out, left)
                 why = why and f"the resumed run: {why}"
             if not why:
                 result.update(analyse_train_run(log_dir, keep / "log_stopped.txt", spec,

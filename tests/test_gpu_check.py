@@ -225,8 +225,7 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
     rec = run_plan(runner, plan)
     assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1
     assert "boom: bad flag" in rec["crash"]["error"]
-    assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"]
-    assert "timed out" in rec["hang"]["error"]
+    assert rec["hang"]["status"] == "failed" and "timed out" in rec["hang"]["error"]
     assert rec["too-big"]["status"] == "skipped" and "budget" in rec["too-big"]["reason"]
     assert rec["no-json"]["status"] == "failed" and "no JSON" in rec["no-json"]["error"]
     assert rec["fine"]["status"] == "ok" and rec["fine"]["result"] == {"tokens_per_s": 5.0}
