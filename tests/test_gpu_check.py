@@ -3,12 +3,13 @@ Tests for benchmarks/gpu_check.py, the one-command GPU check. CPU only, offline.
 
     python -m pytest tests/test_gpu_check.py -q
 
-The end-to-end test runs `prepare --smoke` and `run --smoke` for real (a tiny model on the CPU,
-every part, the SIGTERM + --resume training run included), checks that what it wrote would come
-back from the GPU machine (its limits, below), and unpacks it as a GPU session commits it. It needs
-the offline data beside the repo (../shared/data, as CI has it). Another run is stopped with
-SIGTERM part-way. The other tests call the runner's pieces in-process: the skip / fail / timeout /
-out-of-memory paths, and that the training-log checks catch the faults they are there for.
+The end-to-end tests run `prepare --smoke` once and both plans on it for real (a tiny model on
+the CPU, one part per code path, the SIGTERM + --resume training run included), check that what
+they wrote would come back from the GPU machine (its limits, below), and unpack it as a GPU session
+commits it. They need the offline data beside the repo (../shared/data, as CI has it). Another run
+is stopped with SIGTERM part-way. The other tests call the pieces in-process: the skip / fail /
+timeout / out-of-memory paths, the training-log checks on the faults they are there for, and the
+comparison's arithmetic on synthetic logs.
 """
 
 import json
