@@ -104,8 +104,8 @@ def prepare(args):
     for src in [*tiktoken, hellaswag]:
         (out / src.parent.name).mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as f, open(out / src.parent.name / src.name, "wb") as g:
-            lines = None if src in tiktoken else size["hellaswag_lines"]
-            g.writelines(itertools.islice(f, lines))  # None: all of it
+            # a smoke folder keeps the first 64 HellaSwag examples; None: all of a file
+            g.writelines(itertools.islice(f, size["hellaswag_lines"] if src == hellaswag else None))
     proc = subprocess.run(
         [sys.executable, "fineweb.py", "--source", *map(str, corpus), "--local_dir",
          str(out / "shards"), "--shard_size", str(size["shard_size"]), "--max_tokens",
@@ -806,7 +806,7 @@ def collect_env(env, data_dir):
         info["nvidia_smi"] = output_of(NVIDIA_SMI, timeout=30).strip()
     manifest = Path(data_dir) / MANIFEST
     if manifest.is_file():  # where git does not work, this says which commit made the data
-        info["data_prepared_at"] = json.loads(manifest.read_text())["git"]
+        info["data_prepared_at"] = json.loads(manifest.read_text()).get("git")
     sources = sorted(REPO.glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
     info["sources_sha256"] = {str(p.relative_to(REPO)): hashlib.sha256(p.read_bytes()).hexdigest()
                               for p in sources}
@@ -949,9 +949,10 @@ STATUS_MEANING = {
 
 
 def summary_markdown(records, env, budget_s, elapsed, running=None):
-    # no git on the device: the commit the carried data was prepared at
-    commit = ((env.get("git") or {}).get("commit") or "")[:12] or (
-        f"{(env.get('data_prepared_at') or {}).get('commit', '?')[:12]} (data prepared at)")
+    commit = ((env.get("git") or {}).get("commit") or "")[:12]
+    if not commit:  # no git on the device: the commit the carried data was prepared at
+        prepared = (env.get("data_prepared_at") or {}).get("commit")
+        commit = f"{prepared[:12]} (data prepared at)" if prepared else "?"
     title = (f"# gpu_check SMOKE RUN (tiny model on the CPU, not a GPU result): {env.get('card')}"
              if env.get("smoke") else f"# gpu_check: {env.get('card', '?')}")
     plan = env.get("plan", "check")
