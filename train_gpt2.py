@@ -815,6 +815,17 @@ def get_args(argv=None):
     a("--benchmark", action="store_true", help="train --steps steps on random tokens, write "
       "nothing, print one JSON line (tokens/s, MFU, peak memory)")
     a("--steps", type=pos, default=20, help="steps for --benchmark")
+    a("--tensorboard", type=int, default=0, choices=[0, 1], help="also log to TensorBoard event "
+      "files in <log_dir>/tensorboard (pip install tensorboard)")
+    a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (pip install "
+      "wandb; WANDB_MODE=offline works); the run's id is kept in config.json")
+    a("--wandb_run", metavar="NAME", help="the W&B run's name (default: W&B picks one)")
+    a("--target_val_loss", type=positive, help="say when val loss first reaches this (default: "
+      f"{GPT2_VAL_LOSS}, GPT-2 124M's, claimed on FineWeb-Edu data only)")
+    a("--target_hellaswag", type=number(float, 0, 1), help="say when HellaSwag acc_norm first "
+      f"reaches this (default: {GPT2_HELLASWAG}, GPT-2 124M's, on the full val set only)")
+    a("--usd_per_hour", type=number(float), help="what the machine costs an hour: the ETA, the "
+      "done line and the targets then give the cost")
     a("--export", metavar="CHECKPOINT", help="write a checkpoint as a transformers folder, exit")
     a("--export_dir", help="where --export writes (default: CHECKPOINT without .pt + _hf)")
     return p.parse_args(argv)
@@ -875,6 +886,11 @@ def validate_args(args, world_size):
                         f"seq_len * GPUs = {args.micro_batch}*{args.seq_len}*{world_size}; "
                         f"--micro_batch values that divide it: "
                         f"{micro_batch_options(args, world_size)}")
+    for flag in ("tensorboard", "wandb"):  # optional packages: asked for, imported here
+        try:
+            __import__(flag) if getattr(args, flag) else None
+        except ImportError:
+            raise UserError(f"--{flag} needs the {flag} package: pip install {flag}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -1040,17 +1056,31 @@ def speed_figures(times, tokens_per_step, flops, peak, device, compiled, world_s
     first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
     dt = statistics.median(times[max(1, len(times) // 3):] or times)
     tok_s = tokens_per_step / dt
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak_mem = peak_memory_gib(device)
     return {"tokens_per_s": round(tok_s, 1), "step_ms": round(dt * 1000, 2),
             "mfu": round(flops * tok_s / (peak * world_size), 4) if peak else None,
             "peak_mem_gib": round(peak_mem, 3) if peak_mem else None,
             "compile_s": round(times[0] - dt, 2) if compiled else 0.0}
 
 
+def peak_memory_gib(device):
+    """The most memory torch has held on this GPU since the run began; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def hms(seconds):
     """1h07m: hours and minutes, rounded to the minute (never "2h60m")."""
     h, m = divmod(round(seconds / 60), 60)
     return f"{h}h{m:02d}m"
+
+
+def cost_text(seconds, usd_per_hour, before=" (", after=")"):
+    """What `seconds` of the machine cost at --usd_per_hour, as " ($2.80)"; "" without a price."""
+    return "" if usd_per_hour is None else f"{before}${seconds / 3600 * usd_per_hour:,.2f}{after}"
+
+
+def tokens_text(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def count_due(every, after, last):
@@ -1063,12 +1093,62 @@ def count_due(every, after, last):
 
 LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}",
                "lr": "{:.6e}", "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
-               "mfu": "{:.4f}", "elapsed": "{:.1f}"}
+               "mfu": "{:.4f}", "mem": "{:.2f}", "elapsed": "{:.1f}"}
+
+
+class TensorBoardSink:
+    """--tensorboard 1: event files in <log_dir>/tensorboard (`tensorboard --logdir LOG_DIR`)."""
+
+    def __init__(self, args, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        # purge_step: TensorBoard hides the points at steps >= start_step written before, by a
+        # killed run past its checkpoint (a timeline this run abandons); the earlier ones stand
+        folder = f"{args.log_dir}/tensorboard"
+        self.replay_from = start_step if os.path.isdir(folder) else 0  # see RunLog.begin
+        self.writer = SummaryWriter(folder, purge_step=start_step)
+        for summary in hparams({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
+                                for k, v in config.items()}, {"val": None, "hella": None}):
+            self.writer.file_writer.add_summary(summary)  # the settings, in the HPARAMS tab
+        self.close = self.writer.close
+
+    def log(self, step, values, texts):
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        for i, text in enumerate(texts):
+            self.writer.add_text(f"sample{i}", text, step)
+        self.writer.flush()  # as log.txt is: a kill -9 loses nothing before its checkpoint
+
+
+class WandbSink:
+    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. wandb sends what it
+    is given every ~15 s, so a kill -9 loses the last seconds, before the checkpoint too: a
+    continued run rewinds the run to step 0 (wandb's resume_from; a killed run has logged step 0
+    long before its first checkpoint) and logs log.txt's records again from step 1, which also
+    drops the abandoned timeline past the checkpoint. WANDB_MODE=offline rewrites nothing on
+    disk: each process writes an offline-run folder of its own, the continued one records the
+    rewind, and the server applies it at `wandb sync` (oldest folder first)."""
+
+    def __init__(self, args, config, start_step):
+        import wandb
+
+        self.wandb, run_id = wandb, config.get("wandb_run_id")
+        rewind = {"resume_from": f"{run_id}?_step=0"} if run_id and start_step else {}
+        self.replay_from = 1 if rewind else 0  # see RunLog.begin
+        self.run = wandb.init(project=args.wandb, name=args.wandb_run, config=config,
+                              dir=os.environ.get("WANDB_DIR") or args.log_dir, **rewind)
+        config["wandb_run_id"], self.close = self.run.id, self.run.finish
+
+    def log(self, step, values, texts):
+        table = self.wandb.Table(columns=["sample"], data=[[t] for t in texts])
+        self.run.log(values | ({"samples": table} if texts else {}), step=step)
 
 
 class RunLog:
     """All a run writes but checkpoints, on rank 0 only: the console, log.txt, samples.txt and
-    config.json. log_dir None: console only.
+    config.json, and the live views (--tensorboard, --wandb), which get log.txt's values.
+    log_dir None: console only.
 
     The format of log.txt and samples.txt, written here and read by parse_record / read_log (the
     only reader: the write-up tool, the notebook, the benchmarks and the tests all use it): one
@@ -1081,6 +1161,8 @@ class RunLog:
         self.dir, self.master = log_dir, master
         self.log_file, self.samples_file, self.config_file = (
             os.path.join(log_dir or "", n) for n in ("log.txt", "samples.txt", "config.json"))
+        # config.json's dict (its "targets"); the training steps' time, evaluations excluded
+        self.sinks, self.config, self.train_seconds, self.start_step = [], {}, 0.0, 0
 
     def print(self, *args, **kwargs):
         if self.master:
@@ -1088,14 +1170,64 @@ class RunLog:
 
     def record(self, step, **values):
         if self.master and self.dir:
+            texts = {name: LOG_FORMATS.get(name, "{}").format(v) for name, v in values.items()
+                     if v is not None}
             with open(self.log_file, "a") as f:
-                f.writelines(f"{step} {name} {LOG_FORMATS.get(name, '{}').format(v)}\n"
-                             for name, v in values.items() if v is not None)
+                f.writelines(f"{step} {name} {text}\n" for name, text in texts.items())
+            self.train_seconds += values.get("dt", 0) / 1000
+            self.live(step, {name: float(text) for name, text in texts.items()})
 
     def samples(self, step, texts):
         if self.master and self.dir:
             with open(self.samples_file, "a") as f:
                 f.writelines(f"{step} sample{i} {json.dumps(t)}\n" for i, t in enumerate(texts))
+            self.live(step, {}, texts)
+
+    def live(self, step, values, texts=(), sinks=None):
+        """A step's values as log.txt holds them, or its samples, to the live views; the first
+        time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
+        line, and config.json records it."""
+        for sink in (self.sinks if sinks is None else sinks) if values or texts else []:
+            sink.log(step, values, texts)
+        for t in self.config.get("targets", []) if step >= self.start_step else []:
+            v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
+            if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
+                    1 if t["metric"] == "val" else -1) > 0:
+                continue
+            usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
+            t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
+                                train_hours=round(hours, 6),
+                                gpu_hours=round(hours * c["world_size"], 6))
+            self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
+                       f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
+                       f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
+                       + cost_text(hours * 3600, c["usd_per_hour"], ", ", ""))
+            self.write_config(c)
+
+    def begin(self, args, config, start_step):
+        """Once log.txt and samples.txt were cut back to start_step: the live views, given again
+        what they lost of the records that stay, from their replay_from on (at least those of
+        start_step: its evaluations ran before the checkpoint); then config.json."""
+        if self.master and self.dir:
+            log, samples = (read_log(p) if os.path.exists(p) else LogRecords([], [])
+                            for p in (self.log_file, self.samples_file))
+            if self.train_seconds is None:  # a checkpoint older than "train_seconds"
+                self.train_seconds = sum(v for _, name, v in log.records if name == "dt") / 1000
+            self.config, self.start_step, self.sinks = config, start_step, [
+                sink(args, config, start_step) for flag, sink in (
+                    (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
+            steps = {}  # step -> (values, samples), samples.txt's lines being no numbers
+            for step, name, value in log.records:
+                steps.setdefault(step, ({}, []))[0][name] = value
+            for step, _, text in map(parse_record, samples.unreadable):
+                steps.setdefault(step, ({}, []))[1].append(json.loads(text))
+            for step, (values, texts) in sorted(steps.items()):
+                self.live(step, values, texts, [s for s in self.sinks if step >= s.replay_from])
+        self.write_config(config)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
 
     def write_config(self, config):
         if self.master and self.dir:
@@ -1402,12 +1534,13 @@ def restore(run, ckpt):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.start_step, run.elapsed_before = ckpt["step"], ckpt["elapsed"]
     run.evals_done = ckpt["evals_done"]
+    run.log.train_seconds = ckpt.get("train_seconds")  # None: an older one (RunLog.begin)
 
 
 def open_log_dir(run):
     """Rank 0 locks --log_dir for as long as the run lives, cuts the logs back to the step it
     continues from (or sets aside an earlier run's logs that have no checkpoint) and writes
-    config.json: the run's first writes."""
+    config.json: the run's first writes; then the live views start."""
     log = run.log
     rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
                 "--log_dir")
@@ -1419,7 +1552,7 @@ def open_log_dir(run):
     elif run.rank == 0 and (kept := log.set_aside_old_logs()):
         log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
     run.config = run_config(run) if run.rank == 0 else {}
-    log.write_config(run.config)
+    log.begin(run.args, run.config, run.start_step)
 
 
 def save_checkpoint(run, step, evals_done):
@@ -1433,7 +1566,8 @@ def save_checkpoint(run, step, evals_done):
              "scaler": run.scaler.state_dict() if run.scaler else None, "step": step,
              "evals_done": evals_done,  # the evaluations of `step` ran before this save
              "config": asdict(run.model_config), "args": dict(vars(run.args)),
-             "elapsed": run.elapsed(), "val_loss": run.last_val}
+             "elapsed": run.elapsed(), "val_loss": run.last_val,
+             "train_seconds": run.log.train_seconds}
     path = checkpoint_path(run.args.log_dir, step)
 
     def write():
@@ -1587,15 +1721,17 @@ def log_step(run, step, loss, lr, norm, step_times):
         s * count_due(every[task], step, args.max_steps) for task, s in run.task_seconds.items())
     run.log.print(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} "
                   f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
-                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}")
+                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}"
+                  + cost_text(run.elapsed() + eta, args.usd_per_hour, " (", " in all)"))
     run.log.record(step, train=loss, lr=lr, norm=norm, dt=dt * 1000, **{"tok/s": tok_s}, mfu=mfu,
-                   elapsed=run.elapsed())
+                   mem=peak_memory_gib(run.device), elapsed=run.elapsed())
 
 
 def stopped(run, step):
     """A stop request: save `step` (its evaluations run again when the run continues), exit with
     128 + the signal."""
     save_checkpoint(run, step, evals_done=False)
+    run.log.close()
     run.log.print(f"stopped at step {step}; run the same command again to continue")
     return 128 + run.stop.signum
 
@@ -1620,13 +1756,13 @@ def finish(run):
     args, log = run.args, run.log
     log.record(args.max_steps, elapsed=run.elapsed())
     log.write_config(run.config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    n = args.max_steps * args.total_batch
-    tokens = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(run.elapsed())}"
+    log.print(f"done: {args.max_steps:,} steps, {tokens_text(args.max_steps * args.total_batch)} "
+              f"tokens in {hms(run.elapsed())}" + cost_text(run.elapsed(), args.usd_per_hour)
               + (f"; final val loss {run.last_val:.4f}" if run.last_val is not None else "")
               + (f"; HellaSwag acc_norm {run.last_hella:.4f}" if run.last_hella is not None
                  else "")
               + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
+    log.close()
     return 0
 
 
@@ -1660,7 +1796,46 @@ def run_config(run):
                                                          else []),
         setting_changes=previous.get("setting_changes", []) + [
             {"step": run.start_step, "setting": k, "old": old, "new": new}
-            for k, old, new in run.changes])
+            for k, old, new in run.changes],
+        targets=run_targets(args, previous.get("targets", []), run.start_step),
+        **{k: previous[k] for k in ["wandb_run_id"] if k in previous})
+
+
+GPT2_VAL_LOSS = 3.2924  # GPT-2 124M (OpenAI's weights) on FineWeb-Edu's val shard (build-nanogpt)
+GPT2_HELLASWAG = 0.2945  # its HellaSwag acc_norm on all 10,042 val examples
+
+
+def is_fineweb_edu(data_dir):
+    """fineweb.py's manifest.json names its input (files from --source get the hub's shard
+    prefix too); shards without one are build-nanogpt's fineweb.py's if named edufineweb_*."""
+    try:
+        with open(os.path.join(data_dir, "manifest.json")) as f:
+            return json.load(f)["settings"]["input"].get("path") == "HuggingFaceFW/fineweb-edu"
+    except FileNotFoundError:
+        return all(os.path.basename(p).startswith("edufineweb_")
+                   for p in find_shards(data_dir, "train"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def run_targets(args, previous, start_step):
+    """config.json's "targets": GPT-2 124M's scores (or --target_*), whether this run may claim
+    each (else a note says why), and where each was first reached: kept across a resume, unless
+    on the timeline past start_step that the resume abandons."""
+    before, targets = {t["metric"]: t for t in previous}, []
+    for metric, given, default, note in (
+            ("val", args.target_val_loss, GPT2_VAL_LOSS, not is_fineweb_edu(args.data_dir) and
+             f"the default val target is GPT-2's FineWeb-Edu score; this run's data is "
+             f"{args.data_dir}, not FineWeb-Edu"),
+            ("hella", args.target_hellaswag, GPT2_HELLASWAG, args.hellaswag_limit and
+             f"GPT-2's score is on all 10,042 HellaSwag val examples; --hellaswag_limit "
+             f"{args.hellaswag_limit} is a subset, not comparable")):
+        target, note = (default, note or None) if given is None else (given, None)
+        old = before.get(metric) or {"reached": None}
+        keep = old["reached"] and old["reached"]["step"] < start_step and old["target"] == target
+        targets.append(dict(metric=metric, target=target, applies=not note, note=note,
+                            reached=old["reached"] if keep else None))
+    return targets
 
 
 # -----------------------------------------------------------------------------
