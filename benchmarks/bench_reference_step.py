@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hellaswag  # noqa: E402  (its out-of-memory test)
 import train_gpt2  # noqa: E402
 
 
@@ -81,12 +82,13 @@ def main(argv=None):
 
 
 def is_out_of_memory(exc):
-    """A CUDA OOM, also when torch.compile wraps it in an error of its own (the cause chain)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+    """hellaswag.is_out_of_memory anywhere in the cause chain: torch.compile wraps the error in
+    one of its own."""
+    for _ in range(20):  # a chain is a few errors long
+        if exc is None:
+            return False
+        if hellaswag.is_out_of_memory(exc) or "CUDA out of memory" in str(exc):
             return True
-        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
