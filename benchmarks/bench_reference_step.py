@@ -6,15 +6,14 @@ The plain reference training step: build-nanogpt's loop around our model, so the
     python benchmarks/bench_reference_step.py --micro_batch 2 --seq_len 64 --n_layer 2 --n_head 2 \
         --n_embd 64 --block_size 64 --device cpu --dtype fp32 --compile 0 --steps 3   # CPU smoke
 
-What is the same as `train_gpt2.py --benchmark`: the model class and its init (train_gpt2.GPT,
-arch gpt2, vocab 50304, seed 1337), random tokens, one micro-step per step, the timing (median
-step time of the steps after the first third) and the JSON keys it prints.
-What is build-nanogpt's instead of ours: the loss is F.cross_entropy on the full logits cast to
-fp32, inside the compiled module; the loop keeps `logits` alive (`logits, loss = model(x, y)`);
-batches are plain `x.to(device)` copies of pageable tensors; fused AdamW (betas 0.9/0.95,
-eps 1e-8, weight decay 0.1 on 2-D tensors); grad clip 1.0; one `.item()` per step.
-The last stdout line is one JSON object. Out of CUDA memory, it prints one stderr line starting
-`error: out of memory` (as the trainer does; gpu_check.py records the part as oom) and exits 1.
+The same as `train_gpt2.py --benchmark`: the model class and its init (train_gpt2.GPT, arch gpt2,
+vocab 50304, seed 1337), random tokens, one micro-step per step, the timing and the JSON keys
+(train_gpt2.speed_figures). build-nanogpt's instead of ours: the loss is F.cross_entropy on the
+full logits cast to fp32, inside the compiled module; the loop keeps `logits` alive; batches are
+plain `x.to(device)` copies of pageable tensors; fused AdamW (betas 0.9/0.95, eps 1e-8, weight
+decay 0.1 on 2-D tensors); grad clip 1.0; one `.item()` per step. The last stdout line is one JSON
+object. Out of CUDA memory it prints one line `error: out of memory ...` (as the trainer does;
+gpu_check.py records the part as oom) and exits 1.
 """
 
 import argparse
@@ -27,9 +26,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hellaswag  # noqa: E402  (its out-of-memory test)
 import train_gpt2  # noqa: E402
 
 
@@ -42,7 +40,7 @@ class NanoGPTLoss(nn.Module):
         self.model = model
 
     def forward(self, x, y):
-        logits, _ = self.model(x)  # no targets: our forward returns the logits only
+        logits, _ = self.model(x)  # (B, T, V); no targets: our forward returns the logits only
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
         return logits, loss
 
@@ -63,19 +61,14 @@ def warmup_lr(step, max_lr=6e-4, warmup_steps=715):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--micro_batch", type=int, default=16)
-    p.add_argument("--seq_len", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--n_layer", type=int, default=12)
-    p.add_argument("--n_head", type=int, default=12)
-    p.add_argument("--n_embd", type=int, default=768)
-    p.add_argument("--block_size", type=int, default=1024)
+    for name, default in (("micro_batch", 16), ("seq_len", 1024), ("steps", 20), ("n_layer", 12),
+                          ("n_head", 12), ("n_embd", 768), ("block_size", 1024), ("seed", 1337)):
+        p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA")
     p.add_argument("--compile", type=int, default=None, choices=[0, 1], help="default: 1 on CUDA")
-    p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
-
     device = train_gpt2.resolve_device(args.device)
     try:
         result = measure(args, device)
@@ -89,12 +82,13 @@ def main(argv=None):
 
 
 def is_out_of_memory(exc):
-    """A CUDA OOM, also when torch.compile wraps it in an error of its own (the cause chain)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+    """hellaswag.is_out_of_memory anywhere in the cause chain: torch.compile wraps the error in
+    one of its own."""
+    for _ in range(20):  # a chain is a few errors long
+        if exc is None:
+            return False
+        if hellaswag.is_out_of_memory(exc) or "CUDA out of memory" in str(exc):
             return True
-        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
@@ -105,33 +99,30 @@ def oom_message(device, micro_batch, seq_len):
     if device.type == "cuda":
         card += f", {torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB"
     smaller = [d for d in range(micro_batch - 1, 0, -1) if micro_batch % d == 0][:3]
-    advice = f"try --micro_batch {' or '.join(map(str, smaller))}" if smaller else "the model alone does not fit"
-    return (f"error: out of memory at micro-batch {micro_batch} x {seq_len} tokens on {card}; this step has no "
-            f"gradient accumulation, {advice}")
+    advice = (f"try --micro_batch {' or '.join(map(str, smaller))}" if smaller
+              else "the model alone does not fit")
+    return (f"error: out of memory at micro-batch {micro_batch} x {seq_len} tokens on {card}; "
+            f"this step has no gradient accumulation, {advice}")
 
 
 def measure(args, device):
-    """The benchmark itself (unchanged from the plain loop); -> the result dict."""
+    """The benchmark itself (the plain loop); -> the result dict."""
     on_cuda = device.type == "cuda"
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_cuda else "fp32")
     use_compile = bool(args.compile if args.compile is not None else on_cuda)
     if on_cuda:
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # as build-nanogpt: TF32 for fp32 matmuls
-
     torch.manual_seed(args.seed)  # the trainer's init: same seed, same module order
-    config = train_gpt2.GPTConfig(block_size=args.block_size, vocab_size=50304, n_layer=args.n_layer,
-                                  n_head=args.n_head, n_embd=args.n_embd, arch="gpt2")
+    config = train_gpt2.GPTConfig(block_size=args.block_size, vocab_size=50304, arch="gpt2",
+                                  n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     raw_model = train_gpt2.GPT(config).to(device)
-    model = NanoGPTLoss(raw_model)
-    if use_compile:
-        model = torch.compile(model)
+    model = torch.compile(NanoGPTLoss(raw_model)) if use_compile else NanoGPTLoss(raw_model)
     optimizer = configure_optimizer(raw_model, 0.1, warmup_lr(0), fused=on_cuda)
     generator = torch.Generator().manual_seed(args.seed)
     B, T = args.micro_batch, args.seq_len
     print(f"reference step: {raw_model.num_params():,} params, B={B} T={T}, device {device}, "
           f"dtype {dtype}, compile {use_compile}", file=sys.stderr)
-
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -141,10 +132,9 @@ def measure(args, device):
         optimizer.zero_grad()
         # build-nanogpt's DataLoaderLite: B*T+1 consecutive tokens in pageable memory
         buf = torch.randint(0, train_gpt2.GPT2_VOCAB, (B * T + 1,), generator=generator)
-        x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            logits, loss = model(x, y)  # logits stays referenced until the next step, as in build-nanogpt
+        x, y = buf[:-1].view(B, T).to(device), buf[1:].view(B, T).to(device)  # (B, T)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            logits, loss = model(x, y)  # logits stays referenced until the next step, as there
         loss.backward()
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
         for group in optimizer.param_groups:
@@ -153,17 +143,16 @@ def measure(args, device):
         loss_value = loss.item()  # the one host sync of the step (waits for the optimizer too)
         train_gpt2.synchronize(device)
         times.append(time.perf_counter() - t0)
-        print(f"reference step {step}: loss {loss_value:.4f} dt {times[-1] * 1000:.0f} ms", file=sys.stderr)
-
+        print(f"reference step {step}: loss {loss_value:.4f} dt {times[-1] * 1000:.0f} ms",
+              file=sys.stderr)
     card = train_gpt2.device_name(device)
     flops = train_gpt2.flops_per_token(raw_model, T)
-    result = {"impl": "reference"} | train_gpt2.speed_figures(times, B * T, flops, train_gpt2.peak_flops(card), device,
-                                                               use_compile)
-    result.update(
-        gpu=card, world_size=1, dtype=dtype, compile=use_compile, arch="gpt2", n_params=raw_model.num_params(),
-        micro_batch=B, seq_len=T, total_batch=B * T, grad_accum=1, steps=args.steps, torch=torch.__version__,
-        loss_last=round(loss_value, 4))
-    return result
+    return {"impl": "reference", **train_gpt2.speed_figures(
+        times, B * T, flops, train_gpt2.peak_flops(card), device, use_compile),
+        "gpu": card, "world_size": 1, "dtype": dtype, "compile": use_compile, "arch": "gpt2",
+        "n_params": raw_model.num_params(), "micro_batch": B, "seq_len": T, "total_batch": B * T,
+        "grad_accum": 1, "steps": args.steps, "torch": torch.__version__,
+        "loss_last": round(loss_value, 4)}
 
 
 if __name__ == "__main__":

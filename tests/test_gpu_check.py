@@ -3,12 +3,13 @@ Tests for benchmarks/gpu_check.py, the one-command GPU check. CPU only, offline.
 
     python -m pytest tests/test_gpu_check.py -q
 
-The end-to-end test runs `prepare --smoke` and `run --smoke` for real (a tiny model on the CPU,
-every part, the SIGTERM + --resume training run included), checks that what it wrote would come
-back from the GPU machine (its limits, below), and unpacks it as a GPU session commits it. It needs
-the offline data beside the repo (../shared/data, as CI has it). Another run is stopped with
-SIGTERM part-way. The other tests call the runner's pieces in-process: the skip / fail / timeout /
-out-of-memory paths, and that the training-log checks catch the faults they are there for.
+The end-to-end tests run `prepare --smoke` once and both plans on it for real (a tiny model on
+the CPU, one part per code path, the SIGTERM + --resume training run included), check that what
+they wrote would come back from the GPU machine (its limits, below), and unpack it as a GPU session
+commits it. They need the offline data beside the repo (../shared/data, as CI has it). Another run
+is stopped with SIGTERM part-way. The other tests call the pieces in-process: the skip / fail /
+timeout / out-of-memory paths, the training-log checks on the faults they are there for, and the
+comparison's arithmetic on synthetic logs.
 """
 
 import json
@@ -40,6 +41,7 @@ DEVICE_MAX_FILE_BYTES = 16 * 2**20
 DEVICE_MAX_TOTAL_BYTES = 64 * 2**20
 DEVICE_MAX_PARTS = 2  # $OUT/gpu_check/a/x comes back, $OUT/gpu_check/a/b/x does not
 DEVICE_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+HAS_RECIPE = '("--recipe"' in (REPO / "train_gpt2.py").read_text()  # the fast variant can run
 
 
 def assert_returnable(out, well_under=DEVICE_MAX_FILE_BYTES):
@@ -80,17 +82,11 @@ def read_records(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def gpu_check_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
     """`prepare --smoke` once for the tests that run a plan on it."""
     data = tmp_path_factory.mktemp("smoke") / "data"
-    prep = gpu_check_cli("prepare", "--smoke", "--out", data, "--shared", SHARED, timeout=120)
-    assert prep.returncode == 0, prep.stderr
+    assert gpu_check.main(["prepare", "--smoke", "--out", str(data), "--shared", str(SHARED)]) == 0
     return data
 
 
@@ -100,8 +96,10 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path, smoke_
     manifest = json.loads((data / gpu_check.MANIFEST).read_text())
     assert manifest["shards"]["val"] == 1 and manifest["shards"]["train"] >= 2
 
-    proc = gpu_check_cli("run", "--smoke", "--data", data, "--out", out)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    capsys.readouterr()
+    code = gpu_check.main(["run", "--smoke", "--data", str(data), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-4000:]
     sizes = assert_returnable(out, well_under=2**20)
     assert set(sizes) == {"summary.md", "results.jsonl", "env.json", "logs.tar.gz"}
 
@@ -118,7 +116,7 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path, smoke_
         assert f"train-resume/{name}" in logs, name
 
     summary = (out / "summary.md").read_text()
-    assert proc.stdout.rstrip().endswith(summary.rstrip())  # printed at the end, too
+    assert printed.rstrip().endswith(summary.rstrip())  # printed at the end, too
     # nobody takes a smoke run for a GPU result: its first line and its folder name say so
     assert summary.startswith("# gpu_check SMOKE RUN (tiny model on the CPU, not a GPU result)")
     assert "Every reference pair ran." in summary
@@ -202,7 +200,7 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
 def run_plan(runner, plan, blocked=None):
     """Run the parts, close the runner whatever happens -> {part name: its record}."""
     try:
-        runner.run_all(plan, blocked)
+        runner.run_all(plan, blocked or {})
     finally:
         runner.close()
     return {r["part"]: r for r in runner.records}
@@ -228,8 +226,7 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
     rec = run_plan(runner, plan)
     assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1
     assert "boom: bad flag" in rec["crash"]["error"]
-    assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"]
-    assert "timed out" in rec["hang"]["error"]
+    assert rec["hang"]["status"] == "failed" and "timed out" in rec["hang"]["error"]
     assert rec["too-big"]["status"] == "skipped" and "budget" in rec["too-big"]["reason"]
     assert rec["no-json"]["status"] == "failed" and "no JSON" in rec["no-json"]["error"]
     assert rec["fine"]["status"] == "ok" and rec["fine"]["result"] == {"tokens_per_s": 5.0}
@@ -285,7 +282,7 @@ def test_out_of_memory_is_its_own_status_and_the_plan_goes_on(tmp_path):
     assert gpu_check.exit_code([r for r in runner.records if r["status"] == "oom"]) == 1
 
 
-def test_the_reference_step_reports_out_of_memory_in_one_line(monkeypatch, capsys):
+def test_the_reference_step_reports_out_of_memory_in_one_line(tmp_path, monkeypatch, capsys):
     import torch
     from benchmarks import bench_reference_step as ref
 
@@ -304,7 +301,10 @@ def test_the_reference_step_reports_out_of_memory_in_one_line(monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: out of memory at micro-batch 8 x 16 tokens on cpu")
     assert "--micro_batch 4 or 2 or 1" in err[-1] and sum("error" in line for line in err) == 1
-    assert gpu_check.oom_line("\n".join(err)) == err[-1]  # what gpu_check records as oom
+    log = tmp_path / "reference.log"
+    log.write_text("\n".join(err))
+    recorded = gpu_check.outcome("exit code 1", log, 1.0)  # what gpu_check records
+    assert recorded["status"] == "oom" and recorded["error"].splitlines()[0] == err[-1]
 
     monkeypatch.setattr(ref.NanoGPTLoss, "forward", lambda self, x, y: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # anything else stays a traceback
@@ -322,16 +322,16 @@ def test_output_files_are_written_whole_and_the_folder_holds_only_them(tmp_path,
     with pytest.raises(gpu_check.CheckError, match="notes.txt"):
         gpu_check.clear_out(out)
 
-    outputs = gpu_check.Outputs(tmp_path)
-    outputs.write("summary.md", "first")
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, tmp_path, budget_s=60)
+    runner.write("summary.md", "first")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(train_gpt2.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        outputs.write("summary.md", "second")
-    outputs.close()
+        runner.write("summary.md", "second")
+    runner.close()
     target = tmp_path / "summary.md"
     assert target.read_text() == "first" and not (tmp_path / "summary.md.tmp").exists()
 
@@ -355,27 +355,32 @@ def test_missing_data_skips_the_parts_that_need_it(tmp_path):
     assert_returnable(tmp_path / "out")
 
 
-def test_prepare_refuses_without_sources(tmp_path):
-    proc = gpu_check_cli("prepare", "--out", tmp_path / "data", "--shared", tmp_path / "empty",
-                         timeout=60)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: missing sources:")
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_prepare_refuses_without_sources(tmp_path, capsys):
+    assert gpu_check.main(["prepare", "--out", str(tmp_path / "data"), "--shared",
+                           str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: missing sources:") and len(err.strip().splitlines()) == 1
 
 
-def test_dry_run_prints_the_plan_in_priority_order_without_running(tmp_path):
-    proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+def dry_run(capsys, *args):
+    """`run --dry_run` in-process -> what it printed."""
+    capsys.readouterr()
+    assert gpu_check.main(["run", "--dry_run", *map(str, args)]) == 0
+    return capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_in_priority_order_without_running(tmp_path, capsys):
+    stdout = dry_run(capsys, "--data", tmp_path)
     plan = gpu_check.build_plan(gpu_check.GPU)
     assert [p.name for p in plan[:4]] == ["matrix-gpt2-b16", "reference-b16", "train-resume",
                                           "hellaswag"]
-    lines = {p.name: next(line for line in proc.stdout.splitlines() if f" {p.name} " in line)
+    lines = {p.name: next(line for line in stdout.splitlines() if f" {p.name} " in line)
              for p in plan}
-    assert [p.name for p in plan] == sorted(lines, key=lambda name: proc.stdout.index(lines[name]))
+    assert [p.name for p in plan] == sorted(lines, key=lambda name: stdout.index(lines[name]))
     # at the stated compile time the headline pair and the train run fit the default budget
     assert all("starts at" in lines[name]
                for name in ("matrix-gpt2-b16", "reference-b16", "train-resume"))
-    assert "compiles GPT-2 124M in ~70 s" in proc.stdout and "estimated total" in proc.stdout
+    assert "compiles GPT-2 124M in ~70 s" in stdout and "estimated total" in stdout
     assert not (tmp_path / "results.jsonl").exists()
 
 
@@ -433,49 +438,86 @@ def test_a_reference_pair_starts_only_together_and_the_summary_names_it(tmp_path
     assert "--parts matrix-gpt2-b64,reference-b64" in summary  # the next call's command
 
 
-def test_dry_run_says_what_the_budget_skips(tmp_path):
-    proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
-    late = re.search(r"a next call: --parts (\S+)", proc.stdout)
-    assert late and "hellaswag" in late.group(1).split(","), proc.stdout  # not in 540 s at 70 s
-    proc = gpu_check_cli("run", "--dry_run", "--plan", "compare", "--data", tmp_path, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if " compare-" in line]
+def test_dry_run_says_what_the_budget_skips(tmp_path, capsys):
+    late = re.search(r"a next call: --parts (\S+)", dry_run(capsys, "--data", tmp_path))
+    assert late and "hellaswag" in late.group(1).split(",")  # not in 540 s at 70 s a compile
+    lines = [line for line in dry_run(capsys, "--plan", "compare", "--data", tmp_path)
+             .splitlines() if " compare-" in line]
     assert [line.split()[1] for line in lines] == [f"compare-{v.name}" for v in compare.VARIANTS]
-    recipe = '("--recipe"' in (REPO / "train_gpt2.py").read_text()
     fast = next(line for line in lines if "compare-fast" in line)
-    assert ("no --recipe" in fast) != recipe, fast  # skipped, with the reason, until it exists
+    assert ("no --recipe" in fast) != HAS_RECIPE, fast  # skipped, with the reason, until it exists
     assert all("starts at" in line for line in lines if line is not fast)
+
+
+# --- the compare plan
+
+
+def test_the_gpu_compare_plan_gives_each_variant_a_val_curve_at_equal_tokens():
+    plan = gpu_check.build_plan(gpu_check.GPU, "compare")
+    assert [p.info["variant"] for p in plan] == [v.name for v in compare.VARIANTS]
+    for part in plan:
+        flags = dict(zip(part.cmd[2::2], part.cmd[3::2]))
+        points = len(gpu_check.due_steps(int(flags["--val_every"]), int(flags["--max_steps"])))
+        assert points >= 10, part.name  # a curve to interpolate the target on
+        assert (flags["--total_batch"], flags["--max_steps"]) == ("32768", "200")  # equal tokens
+        assert ("--warmup_steps" in flags) != (part.info["variant"] == "fast")  # its own schedule
+
+
+def fake_run(folder, val, tokens_per_step=100_000, step_ms=100.0):
+    """A finished run folder as the trainer writes it: log.txt with a val curve, config.json."""
+    folder.mkdir()
+    steps = range(val[-1][0] + 1)
+    lines = [f"{s} train 9.0\n{s} dt {step_ms}\n{s} tok/s 5000" for s in steps]
+    lines += [f"{s} val {v}" for s, v in val] + [f"{steps[-1]} hella_acc 0.25"]
+    (folder / "log.txt").write_text("\n".join(lines) + "\n")
+    (folder / "config.json").write_text(json.dumps({"tokens_per_step": tokens_per_step,
+                                                    "command": f"train_gpt2.py {folder.name}"}))
+    return folder
+
+
+def test_tokens_to_the_target_come_from_each_variants_own_val_curve(tmp_path, capsys):
+    gpt2 = fake_run(tmp_path / "gpt2", [(0, 11.0), (4, 8.0), (8, 6.0)])
+    faster = fake_run(tmp_path / "faster", [(0, 11.0), (4, 7.0), (8, 5.0)])  # 6.0 at step 5
+    slower = fake_run(tmp_path / "slower", [(0, 11.0), (4, 9.0), (8, 7.0)])  # never 6.0
+    capsys.readouterr()
+    assert compare.main([str(gpt2), str(faster), str(slower)]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    # the target is the gpt2 run's final val loss, reached at its last step: 1.00x by definition
+    assert rows["gpt2"][3:5] == ["0.80M", "1.00x"]
+    # 7.0 at step 4, 5.0 at step 8: 6.0 halfway, at step 6 -> 0.6M tokens, 8/6 fewer than gpt2's;
+    # the train seconds halfway between steps 1-3's (0.3 s) and steps 1-7's (0.7 s)
+    assert rows["faster"][3:6] == ["0.60M", "1.33x", "0.5"]
+    assert rows["slower"][3:5] == ["not in 0.90M", ""]  # 9 steps of 100k tokens
+    hit = compare.reach(compare.figures(faster)["val"], 6.0)
+    assert hit == (6.0, 0.5)
 
 
 @needs_shared
 def test_compare_smoke_reports_tokens_to_the_gpt2_runs_val_loss(tmp_path, smoke_data):
+    """The plan's code path on the CPU: the target run, and the fast recipe (its own schedule)
+    where train_gpt2.py has --recipe, else its skip and why; the arithmetic is tested above."""
     out = tmp_path / "out"
     assert gpu_check.main(["run", "--plan", "compare", "--smoke", "--data", str(smoke_data),
                            "--out", str(out)]) == 0
     assert_returnable(out)
     records = {r["config"]["variant"]: r for r in read_records(out)}
-    assert list(records) == [v.name for v in compare.VARIANTS]
-    ran = [name for name, r in records.items() if r["status"] == "ok"]
-    assert {"gpt2", "modern-muon", "modern"} <= set(ran)
-    logs = archive_members(out)
-    summary = (out / "summary.md").read_text()
-    for name in ran:
-        res = records[name]["result"]
-        assert len(res["val"]) >= 10 and res["hella_acc"] is not None and res["tok_per_s"] > 0
-        assert f"compare-{name}/log.txt" in logs
-    # the target is the gpt2 run's final val loss; its own ratio is 1 by definition
-    gpt2 = records["gpt2"]["result"]["val"]
-    target = gpt2[-1][1]
+    assert list(records) == ["gpt2", "fast"]
+    assert records["fast"]["status"] == ("ok" if HAS_RECIPE else "skipped")
+    logs, summary = archive_members(out), (out / "summary.md").read_text()
+    gpt2 = records["gpt2"]["result"]
+    steps = gpu_check.SMOKE.compare["max_steps"]
+    assert [s for s, _, _ in gpt2["val"]] == list(range(steps + 1))  # val every step
+    assert gpt2["hella_acc"] is not None and gpt2["tok_per_s"] > 0
+    assert "compare-gpt2/log.txt" in logs and "compare-gpt2/config.json" in logs
+    target = gpt2["val"][-1][1]
     assert f"Target: the gpt2 run's final val loss, {target:.4f}." in summary
     assert re.search(r"^\| gpt2 \| ok \| [\d.]+ \| [\d.]+M \| 1\.00x \|", summary, re.M), summary
-    for name in ran:  # tokens to target from the val curve of its real log, as the table says
-        val, tps = records[name]["result"]["val"], records[name]["result"]["tokens_per_step"]
+    if HAS_RECIPE:  # the variant's row agrees with its own val curve
+        val, tps = records["fast"]["result"]["val"], records["fast"]["result"]["tokens_per_step"]
         hit = compare.reach(val, target)
-        first = next((s for s, v, _ in val if v <= target), None)
-        row = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
-        if hit is None:
-            assert first is None and "| not in " in row
-        else:  # between the evaluation before the first one at or below the target, and that one
-            assert first - 1 <= hit[0] <= first and f"| {hit[0] * tps / 1e6:.2f}M |" in row
-    if "fast" not in ran:
+        row = next(line for line in summary.splitlines() if line.startswith("| fast |"))
+        assert f"| {hit[0] * tps / 1e6:.2f}M |" in row if hit else "| not in " in row
+        assert "--warmup_steps" not in records["fast"]["command"]
+    else:
         assert "- compare-fast (skipped): train_gpt2.py has no --recipe" in summary
