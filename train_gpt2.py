@@ -492,7 +492,7 @@ def muon_params(model):
     """What Muon trains: every 2-D weight inside the blocks. The embeddings (so the tied head)
     and the 1-D gains and biases stay with AdamW, as Muon's authors advise. The fused q/k/v matrix
     stays one (3C, C) matrix: splitting it gained 0.003-0.006 val loss on the shared corpus
-    (benchmarks/bench_muon.py), a tenth of the seed-to-seed spread."""
+    (benchmarks/README.md, AdamW vs Muon), a tenth of the seed-to-seed spread."""
     return [p for name, p in model.named_parameters()
             if name.startswith("transformer.h.") and p.dim() == 2]
 
