@@ -9,7 +9,8 @@ Running the same command again continues the run from its latest checkpoint in -
 preempted or crashed run needs nothing but a restart (`torchrun --max-restarts=N` too).
 
 The file reads top to bottom, in the order of the lecture:
-  1. the model: GPT-2 (or --arch modern: RoPE + SwiGLU + RMSNorm), its loss, sampling, export;
+  1. the model: GPT-2 (or --arch modern: RoPE + SwiGLU + RMSNorm; --arch speedrun: the
+     modded-nanogpt block), its loss, sampling, export;
   2. the data: uint16 shards read as one stream, a loader indexed by step, the val set;
   3. the optimizer and the learning-rate schedule (AdamW, or Muon for the block matrices);
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
@@ -64,19 +65,22 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     arch: str = "gpt2"  # "gpt2": faithful GPT-2 | "modern": RoPE + SwiGLU + RMSNorm, no biases
-    rope_base: float = 10000.0  # modern only
+    # | "speedrun": RoPE + QK-norm + ReLU^2, weight-free RMSNorm, untied head, soft-capped logits
+    rope_base: float = 10000.0  # modern and speedrun
+    logit_softcap: float | None = None  # speedrun: logits = cap * tanh(logits / cap); 0/None: off
 
 
 # Published GPT-2 sizes: (n_layer, n_head, n_embd). All use block_size 1024.
 MODEL_PRESETS = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024),  # 124M, 350M
                  "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}  # 774M, 1558M
-ARCHS = ("gpt2", "modern")
+ARCHS = ("gpt2", "modern", "speedrun")
+RMS_EPS = 1e-6  # speedrun's norms (NanoChat's default in transformers)
 
 
 def mlp_hidden_size(config):
-    """GPT-2: 4x the width. SwiGLU has three matrices instead of two, so 2/3 of that keeps the
-    parameter count (3*C*H ~= 8*C*C at H = 8C/3), rounded to a multiple of 64 for the GPU."""
-    if config.arch == "gpt2":
+    """GPT-2 and speedrun: 4x the width. SwiGLU has three matrices instead of two, so 2/3 of that
+    keeps the parameter count (3*C*H ~= 8*C*C at H = 8C/3), rounded to a multiple of 64."""
+    if config.arch != "modern":
         return 4 * config.n_embd
     return 64 * round(8 * config.n_embd / 3 / 64)
 
@@ -86,6 +90,11 @@ def rope_tables(seq_len, head_dim, base):
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
     return angles.cos(), angles.sin()
+
+
+def rms_norm(x):
+    """Weight-free RMSNorm over the last dimension, computed in fp32 (as NanoChat's)."""
+    return F.rms_norm(x.float(), (x.size(-1),), eps=RMS_EPS).type_as(x)
 
 
 def apply_rope(x, cos, sin):
@@ -100,7 +109,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         bias = config.arch == "gpt2"
-        self.n_head = config.n_head
+        self.n_head, self.qk_norm = config.n_head, config.arch == "speedrun"
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.c_proj.RESIDUAL_PROJECTION = True  # scaled down at init, see GPT._init_weights
@@ -115,6 +124,8 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope[0][:T], rope[1][:T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:  # each head's q and k to unit RMS, after RoPE as in NanoChat
+            q, k = rms_norm(q), rms_norm(k)
         # flash / memory-efficient attention; is_causal needs no mask buffer
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -122,16 +133,17 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GPT-2: Linear -> GELU (tanh) -> Linear. Modern: SwiGLU, silu(x W_gate) * (x W_up) -> down."""
+    """GPT-2: Linear -> GELU (tanh) -> Linear. Modern: SwiGLU, silu(x W_gate) * (x W_up) -> down.
+    Speedrun: Linear -> relu(h)^2 -> Linear."""
 
     def __init__(self, config):
         super().__init__()
-        self.swiglu = config.arch == "modern"
+        self.swiglu, self.relu2 = config.arch == "modern", config.arch == "speedrun"
         hidden = mlp_hidden_size(config)
         # for SwiGLU, the gate and up projections are one matmul of twice the width
         width = 2 * hidden if self.swiglu else hidden
-        self.c_fc = nn.Linear(config.n_embd, width, bias=not self.swiglu)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=not self.swiglu)
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.arch == "gpt2")
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.arch == "gpt2")
         self.c_proj.RESIDUAL_PROJECTION = True
 
     def forward(self, x):
@@ -139,6 +151,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2 used the tanh approximation
         return self.c_proj(h)
@@ -147,6 +161,8 @@ class MLP(nn.Module):
 def make_norm(config):
     if config.arch == "gpt2":
         return nn.LayerNorm(config.n_embd)  # eps 1e-5 and a bias, as GPT-2
+    if config.arch == "speedrun":
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS, elementwise_affine=False)  # no weights
     return nn.RMSNorm(config.n_embd, eps=1e-5)
 
 
@@ -179,15 +195,26 @@ class GPT(nn.Module):
         modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.tied = config.arch != "speedrun"
+        if self.tied:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.activation_checkpointing = False  # --activation_checkpointing, see forward
-        if config.arch == "modern":
+        if config.arch != "gpt2":
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head,
                                    config.rope_base)
+            # speedrun rotates the other way, as modded-nanogpt and NanoChat (same quality)
+            sin = -sin if config.arch == "speedrun" else sin
             # not persistent: derived from the config, so checkpoints hold the weights only
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        if config.arch == "speedrun":  # modded-nanogpt: the embedding at nn.Embedding's N(0, 1) (a norm
+            # follows it), the residual projections and the head at zero
+            nn.init.normal_(self.transformer.wte.weight)
+            for block in self.transformer.h:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -202,11 +229,14 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Parameters counted once (the tied head is the token embedding); non_embedding leaves
-        out the position embedding, as the MFU formula wants."""
+        """Parameters counted once (a tied head is the token embedding); non_embedding leaves
+        out the lookups, as the MFU formula wants: the position embedding, and the token
+        embedding when the head is untied (a tied one is the head's matmul)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.tied:
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(self, idx, targets=None):
@@ -222,6 +252,8 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
         else:
             rope = (self.rope_cos, self.rope_sin)
+        if self.config.arch == "speedrun":
+            x = self.transformer.ln_f(x)  # speedrun normalises the embedding too (no weights)
         for block in self.transformer.h:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # keep only the block's input; its insides are recomputed in the backward:
@@ -230,6 +262,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V), bf16 under autocast
+        if cap := self.config.logit_softcap:  # in fp32, as modded-nanogpt
+            logits = cap * torch.tanh(logits.float() / cap)
         if targets is None:
             return logits, None
         # the loss in fp32 whatever the autocast dtype; torch.compile fuses the upcast into its
@@ -257,36 +291,44 @@ class GPT(nn.Module):
 
 # --- export to Hugging Face transformers. GPT-2 keeps our names but stores these four weights
 # as Conv1D, (in, out) where nn.Linear has (out, in). --arch modern is exactly Llama's
-# architecture (RoPE rotating halves, SwiGLU, RMSNorm, no biases), under other names.
+# architecture (RoPE rotating halves, SwiGLU, RMSNorm, no biases), --arch speedrun exactly
+# NanoChat's (its RoPE direction, QK-norm after RoPE, ReLU^2, soft-cap), under other names.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 LLAMA_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
                "attn.c_proj": "self_attn.o_proj", "mlp.c_proj": "mlp.down_proj"}
+NANOCHAT_NAMES = {"attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 
 
 def llama_state_dict(sd, config):
-    """Our --arch modern weights under LlamaForCausalLM's names; q/k/v and gate/up split."""
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
-           "model.norm.weight": sd["transformer.ln_f.weight"]}
+    """Our --arch modern weights under LlamaForCausalLM's names, speedrun's under
+    NanoChatForCausalLM's (no norm weights, its own head); q/k/v and gate/up split."""
+    speedrun = config.arch == "speedrun"
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"]}
+    out |= {"lm_head.weight": sd["lm_head.weight"]} if speedrun else {
+        "model.norm.weight": sd["transformer.ln_f.weight"]}
     for i in range(config.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
         q, k, v = sd[ours + "attn.c_attn.weight"].chunk(3)
-        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
-        parts = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v,
-                 "mlp.gate_proj": gate, "mlp.up_proj": up}
-        parts |= {b: sd[f"{ours}{a}.weight"] for a, b in LLAMA_NAMES.items()}
+        parts = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v}
+        if not speedrun:
+            parts["mlp.gate_proj"], parts["mlp.up_proj"] = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        names = NANOCHAT_NAMES if speedrun else LLAMA_NAMES
+        parts |= {b: sd[f"{ours}{a}.weight"] for a, b in names.items()}
         out |= {f"{theirs}{name}.weight": w for name, w in parts.items()}
     return out
 
 
 def export_to_transformers(model, out_dir):
     """A transformers folder (config, safetensors, GPT-2 tokenizer files; the vocab cut back to
-    50257): GPT2LMHeadModel for --arch gpt2, LlamaForCausalLM for modern. transformers
+    50257): GPT2LMHeadModel for --arch gpt2, LlamaForCausalLM for modern, NanoChatForCausalLM
+    for speedrun. transformers
     pipelines, lm-evaluation-harness and hellaswag.py load it with AutoModelForCausalLM."""
     import transformers as tf
 
     c = model.config
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][:GPT2_VOCAB]
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        sd[name] = sd[name][:GPT2_VOCAB]
     common = dict(vocab_size=GPT2_VOCAB, bos_token_id=EOT, eos_token_id=EOT)
     if c.arch == "gpt2":
         hf = tf.GPT2LMHeadModel(tf.GPT2Config(
@@ -294,6 +336,14 @@ def export_to_transformers(model, out_dir):
             activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             layer_norm_epsilon=1e-5, **common))
         weights = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}
+    elif c.arch == "speedrun":
+        hf = tf.NanoChatForCausalLM(tf.NanoChatConfig(
+            hidden_size=c.n_embd, intermediate_size=mlp_hidden_size(c), num_hidden_layers=c.n_layer,
+            num_attention_heads=c.n_head, num_key_value_heads=c.n_head, hidden_act="relu2",
+            max_position_embeddings=c.block_size, rms_norm_eps=RMS_EPS, pad_token_id=None,
+            rope_parameters={"rope_type": "default", "rope_theta": c.rope_base},
+            final_logit_softcapping=c.logit_softcap or None, tie_word_embeddings=False, **common))
+        weights = llama_state_dict(sd, c)
     else:
         hf = tf.LlamaForCausalLM(tf.LlamaConfig(
             hidden_size=c.n_embd, intermediate_size=mlp_hidden_size(c), num_hidden_layers=c.n_layer,
@@ -301,7 +351,8 @@ def export_to_transformers(model, out_dir):
             max_position_embeddings=c.block_size, rms_norm_eps=1e-5, rope_theta=c.rope_base,
             tie_word_embeddings=True, **common))
         weights = llama_state_dict(sd, c)
-    weights.pop("lm_head.weight", None)  # tied to the token embedding
+    if model.tied:
+        weights.pop("lm_head.weight", None)  # tied to the token embedding
     missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in weights.items()},
                                              strict=False)
     if set(missing) - {"lm_head.weight"} or unexpected:
@@ -315,6 +366,9 @@ def export_to_transformers(model, out_dir):
         for ours, theirs in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe")):
             with open(os.path.join(out_dir, ours), "wb") as f:
                 f.write(read_file_cached(base + theirs))
+        # which class reads them: Llama and NanoChat folders have no GPT-2 tokenizer of their own
+        write_text(os.path.join(out_dir, "tokenizer_config.json"),
+                   json.dumps({"tokenizer_class": "GPT2Tokenizer"}) + "\n")
     except Exception as e:  # the weights work with any GPT-2 tokenizer
         print(f"note: no tokenizer files written ({e}); use AutoTokenizer.from_pretrained('gpt2')")
 
@@ -1550,7 +1604,8 @@ def export_checkpoint(path, out_dir):
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     export_to_transformers(model, out_dir)
-    kind = "GPT2LMHeadModel" if model.config.arch == "gpt2" else "LlamaForCausalLM"
+    kind = {"gpt2": "GPT2LMHeadModel", "modern": "LlamaForCausalLM",
+            "speedrun": "NanoChatForCausalLM"}[model.config.arch]
     print(f"exported {path} to {out_dir}, a transformers {kind}: evaluate it with "
           f"`python hellaswag.py --model {out_dir}`")
 
