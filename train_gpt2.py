@@ -208,8 +208,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
-        if config.arch == "speedrun":  # modded-nanogpt: the embedding at nn.Embedding's N(0, 1) (a norm
-            # follows it), the residual projections and the head at zero
+        if config.arch == "speedrun":  # modded-nanogpt's init: the embedding N(0, 1) (a norm
+            # follows it), the residual projections and the head zero
             nn.init.normal_(self.transformer.wte.weight)
             for block in self.transformer.h:
                 nn.init.zeros_(block.attn.c_proj.weight)
@@ -516,13 +516,18 @@ class ValSet:
 # 3. The optimizer and the learning-rate schedule
 
 
-def lr_factor(step, warmup_steps, max_steps, min_lr_ratio):
+def lr_factor(step, warmup_steps, max_steps, min_lr_ratio, schedule="cosine", cooldown_frac=0.0):
     """build-nanogpt's schedule as a multiple of the peak LR: a linear warmup to 1 over
-    warmup_steps, then a cosine down to min_lr_ratio at max_steps (and flat after it)."""
+    warmup_steps, then a cosine down to min_lr_ratio at max_steps (and flat after it).
+    "wsd", warmup-stable-decay (arXiv:2405.18392): after the warmup flat at 1, then a straight
+    line down to min_lr_ratio over the last cooldown_frac of the steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr_ratio
+    if schedule == "wsd":
+        left, cooldown = max_steps - step, cooldown_frac * max_steps
+        return 1.0 if left >= cooldown else min_lr_ratio + (1 - min_lr_ratio) * left / cooldown
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
@@ -549,20 +554,33 @@ def muon_params(model):
 def configure_optimizers(model, args, device_type):
     """-> (optimizers, their settings for config.json). AdamW decays only tensors of >= 2 dims
     (not biases and norm gains) and is fused on CUDA; with --optimizer muon the block matrices go
-    to torch.optim.Muon instead. Every parameter is in exactly one group."""
+    to torch.optim.Muon instead. An untied head and its embedding get AdamW groups of their own
+    (--head_lr, --embed_lr; default --max_lr). Every parameter is in exactly one group; each
+    optimizer's peak_lrs are its groups' peak LRs, for the schedule."""
     hidden = muon_params(model) if args.optimizer == "muon" else []
-    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    own = [] if model.tied else [(model.transformer.wte.weight, args.embed_lr),
+                                 (model.lm_head.weight, args.head_lr)]
+    apart = hidden + [p for p, _ in own]
+    rest = [p for p in model.parameters() if all(p is not q for q in apart)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]] + [{"params": [p], "lr": lr or args.max_lr,
+                                                    "weight_decay": args.weight_decay}
+                                                   for p, lr in own]
     optimizers = [torch.optim.AdamW(groups, lr=args.max_lr, fused=device_type == "cuda", **ADAMW)]
     settings = {"adamw": dict(lr=args.max_lr, **ADAMW, weight_decay=args.weight_decay,
-                              params=sum(p.numel() for p in rest))}
+                              params=sum(p.numel() for g in groups for p in g["params"]))}
+    if own:
+        settings["adamw"] |= dict(embed_lr=groups[-2]["lr"], head_lr=groups[-1]["lr"])
     if hidden:
+        muon = MUON | ({"adjust_lr_fn": args.muon_adjust_lr} if args.muon_adjust_lr else {})
         optimizers.append(torch.optim.Muon(hidden, lr=args.muon_lr, momentum=args.muon_momentum,
-                                           weight_decay=args.weight_decay, **MUON))
-        settings["muon"] = dict(lr=args.muon_lr, momentum=args.muon_momentum, **MUON,
+                                           weight_decay=args.weight_decay, **muon))
+        settings["muon"] = dict(lr=args.muon_lr, momentum=args.muon_momentum, **muon,
                                 weight_decay=args.weight_decay,
                                 params=sum(p.numel() for p in hidden))
+    for optimizer in optimizers:
+        optimizer.peak_lrs = [group["lr"] for group in optimizer.param_groups]
     return optimizers, settings
 
 
@@ -571,12 +589,13 @@ def configure_optimizers(model, args, device_type):
 
 # A checkpoint continues a run only with these settings unchanged: they fix the model, the data
 # order and the optimizer.
-SAME_RUN = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "seq_len",
-            "total_batch", "seed", "shuffle", "optimizer")
+SAME_RUN = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "logit_softcap",
+            "seq_len", "total_batch", "seed", "shuffle", "optimizer")
 # These shape the rest of the run: the same command refuses a change, --resume makes it on
 # purpose, and config.json records it (step, old, new).
-SCHEDULE = ("max_steps", "warmup_steps", "max_lr", "muon_lr", "min_lr_ratio", "weight_decay",
-            "grad_clip", "muon_momentum")
+SCHEDULE = ("recipe", "max_steps", "warmup_steps", "lr_schedule", "cooldown_frac", "max_lr",
+            "muon_lr", "embed_lr", "head_lr", "min_lr_ratio", "weight_decay", "grad_clip",
+            "muon_momentum", "muon_adjust_lr")
 
 
 def checkpoint_path(log_dir, step):
@@ -649,7 +668,9 @@ def find_checkpoint(args):
 def compare_settings(args, model_config, ckpt, path):
     """-> the schedule changes [(name, old, new)] that --resume makes on purpose; a UserError
     listing the differences when the checkpoint cannot continue with these settings."""
-    theirs, ours = ckpt["args"] | ckpt["config"], vars(args) | asdict(model_config)
+    # checkpoints from before --lr_schedule were cosine
+    theirs = {"lr_schedule": "cosine"} | ckpt["args"] | ckpt["config"]
+    ours = vars(args) | asdict(model_config)
     differ = [(k, theirs.get(k), ours[k]) for k in SAME_RUN + SCHEDULE if theirs.get(k) != ours[k]]
     fixed = [k for k, _, _ in differ if k in SAME_RUN]
     if fixed or (differ and not args.resume):
@@ -803,8 +824,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # Per-arch defaults. gpt2: build-nanogpt's (the GPT-3 paper's 124M LR, a 375M-token warmup).
 # modern: the seed's run (RoPE + SwiGLU + RMSNorm, 2 epochs: val 2.99, HellaSwag 0.32), which
 # takes a 3x higher LR and a shorter warmup.
+# speedrun: modern's, and modded-nanogpt's soft-cap of 15 (its record 18).
 ARCH_DEFAULTS = {"gpt2": {"max_lr": 6e-4, "warmup_steps": 715},
-                 "modern": {"max_lr": 1.8e-3, "warmup_steps": 285}}
+                 "modern": {"max_lr": 1.8e-3, "warmup_steps": 285},
+                 "speedrun": {"max_lr": 1.8e-3, "warmup_steps": 285, "logit_softcap": 15.0}}
+# The defaults of the settings a recipe or an arch may change; a flag given explicitly wins.
+DEFAULTS = dict(arch="gpt2", optimizer="adamw", lr_schedule="cosine", cooldown_frac=0.2,
+                max_steps=19073, weight_decay=0.1, min_lr_ratio=0.1)
+# --recipe fast: the modded-nanogpt 124M speedrun as of its record 8 (untied head, 3.2762 val
+# loss on FineWeb after 4,578 steps of 524,288 tokens on 8xH100) with --arch speedrun's
+# soft-cap: Muon at its LR and scaling, no weight decay, Adam LRs of its own for the embedding
+# and the head, no warmup, a linear cooldown to zero over the last 1,308 of the 4,578 steps.
+# Claimed elsewhere, not measured here; each value's source is in improvements_plan.md.
+RECIPES = {"fast": dict(arch="speedrun", optimizer="muon", muon_lr=0.02, muon_adjust_lr="original",
+                        weight_decay=0.0, embed_lr=0.3, head_lr=0.002, lr_schedule="wsd",
+                        cooldown_frac=0.286, warmup_steps=0, min_lr_ratio=0.0, max_steps=4578)}
+# Settings that mean something only with another one: name -> (setting, value).
+NEEDS = {"muon_lr": ("optimizer", "muon"), "muon_adjust_lr": ("optimizer", "muon"),
+         "embed_lr": ("arch", "speedrun"), "head_lr": ("arch", "speedrun"),
+         "logit_softcap": ("arch", "speedrun"), "cooldown_frac": ("lr_schedule", "wsd")}
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -815,9 +853,14 @@ def get_args(argv=None):
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
-    a("--arch", default="gpt2", choices=ARCHS, help="modern: RoPE + SwiGLU + RMSNorm, no biases")
+    a("--recipe", choices=list(RECIPES), help="fast: --arch speedrun, Muon, WSD and 2.4B tokens "
+      "(see README.md and improvements_plan.md); explicit flags override its values")
+    a("--arch", choices=ARCHS, help="modern: RoPE + SwiGLU + RMSNorm, no biases; speedrun: "
+      "RoPE + QK-norm + ReLU^2, weight-free RMSNorm, untied head (default: gpt2)")
+    a("--logit_softcap", type=number(float), help="speedrun: logits = c*tanh(logits/c), 0 = off "
+      "(default: 15)")
     a("--n_layer", type=pos, help="layers (default: the preset's, 12 for gpt2)")
-    a("--n_head", type=pos, help="attention heads (default: the preset's)")
+    a("--n_head", type=pos, help="attention heads (default: the preset's; speedrun: heads of 128)")
     a("--n_embd", type=pos, help="width (default: the preset's, 768 for gpt2)")
     a("--block_size", type=pos, default=1024, help="longest sequence the model takes")
     a("--vocab_size", type=number(low=GPT2_VOCAB), default=50304, help="embedding rows")
@@ -825,15 +868,27 @@ def get_args(argv=None):
     a("--seq_len", type=pos, default=1024, help="tokens per training sequence")
     a("--total_batch", type=pos, help="tokens per optimizer step over all GPUs (default: "
       "524288; with --benchmark one micro-batch per GPU)")
-    a("--max_steps", type=pos, default=19073, help="optimizer steps (x 524288 = 10B tokens)")
-    a("--warmup_steps", type=nonneg, help="LR warmup steps (default: 715 gpt2, 285 modern)")
-    a("--optimizer", default="adamw", choices=["adamw", "muon"], help="muon: torch.optim.Muon "
-      "(torch >= 2.9) for the block matrices, AdamW for the rest")
-    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern)")
+    a("--max_steps", type=pos, help="optimizer steps (default: 19073, x 524288 = 10B tokens; "
+      "fast: 4578)")
+    a("--warmup_steps", type=nonneg, help="LR warmup steps (default: 715 gpt2, 285 modern, "
+      "speedrun; fast: 0)")
+    a("--optimizer", choices=["adamw", "muon"], help="muon: torch.optim.Muon (torch >= 2.9) for "
+      "the block matrices, AdamW for the rest (default: adamw)")
+    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
+      "speedrun)")
     a("--muon_lr", type=lr, help="peak Muon LR (default: 2 x --max_lr)")
+    a("--muon_adjust_lr", choices=["match_rms_adamw", "original"], help="Muon's LR per matrix "
+      "shape (torch's adjust_lr_fn; default: match_rms_adamw, fast: original)")
+    a("--embed_lr", type=lr, help="speedrun: peak AdamW LR of the token embedding "
+      "(default: --max_lr)")
+    a("--head_lr", type=lr, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
+    a("--lr_schedule", choices=["cosine", "wsd"], help="cosine (build-nanogpt's) or wsd: flat, "
+      "then linear to the floor (default: cosine)")
+    a("--cooldown_frac", type=number(float, 0, 1), help="wsd: the LR falls over this last "
+      "fraction of the steps (default: 0.2)")
     a("--muon_momentum", type=number(float, 0, 1), default=0.95, help="Muon's Nesterov momentum")
-    a("--min_lr_ratio", type=number(float, 0, 1), default=0.1, help="final LR / peak LR")
-    a("--weight_decay", type=number(float), default=0.1, help="decoupled weight decay")
+    a("--min_lr_ratio", type=number(float, 0, 1), help="final LR / peak LR (default: 0.1)")
+    a("--weight_decay", type=number(float), help="decoupled weight decay (default: 0.1)")
     a("--grad_clip", type=number(float), default=1.0, help="max global grad norm; 0 = none")
     a("--seed", type=nonneg, default=1337, help="model init and data order")
     a("--shuffle", type=int, default=1, choices=[0, 1], help="reshuffle shards and sequences "
@@ -873,15 +928,23 @@ def get_args(argv=None):
 
 def model_config_from_args(args):
     n_layer, n_head, n_embd = MODEL_PRESETS[args.model]
+    n_embd = args.n_embd or n_embd
+    if args.arch == "speedrun" and n_embd % 128 == 0:
+        n_head = n_embd // 128  # modded-nanogpt's heads of 128: 6 at width 768
     return GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size, arch=args.arch,
                      n_layer=args.n_layer or n_layer, n_head=args.n_head or n_head,
-                     n_embd=args.n_embd or n_embd)
+                     n_embd=n_embd, logit_softcap=args.logit_softcap)
 
 
 def resolve_defaults(args, world_size):
-    """Fill in the defaults that depend on other arguments."""
-    for name, value in ARCH_DEFAULTS[args.arch].items():
-        if getattr(args, name) is None:
+    """Fill in the defaults that depend on other arguments: an explicit flag wins over the
+    recipe, the recipe over the arch's defaults, and those over DEFAULTS. A setting is filled
+    in only where it means something (NEEDS)."""
+    recipe = RECIPES.get(args.recipe, {})
+    args.arch = args.arch or recipe.get("arch", DEFAULTS["arch"])
+    for name, value in (DEFAULTS | ARCH_DEFAULTS[args.arch] | recipe).items():
+        setting, needed = NEEDS.get(name, (None, None))
+        if getattr(args, name) is None and (setting is None or getattr(args, setting) == needed):
             setattr(args, name, value)
     if args.muon_lr is None and args.optimizer == "muon":
         args.muon_lr = MUON_LR_MULTIPLE * args.max_lr
@@ -905,16 +968,17 @@ def validate_args(args, world_size):
     c = model_config_from_args(args)
     if c.n_embd % c.n_head:
         raise UserError(f"--n_embd {c.n_embd} is not divisible by --n_head {c.n_head}")
-    if c.arch == "modern" and (c.n_embd // c.n_head) % 2:
-        raise UserError(f"--arch modern needs an even head size for RoPE; n_embd/n_head = "
+    if c.arch != "gpt2" and (c.n_embd // c.n_head) % 2:
+        raise UserError(f"--arch {c.arch} needs an even head size for RoPE; n_embd/n_head = "
                         f"{c.n_embd // c.n_head}")
     if args.seq_len > c.block_size:
         raise UserError(f"--seq_len {args.seq_len} is longer than the block size {c.block_size}")
     if args.val_every and args.val_tokens < args.seq_len:
         raise UserError(f"--val_tokens {args.val_tokens} is less than one sequence of --seq_len "
                         f"{args.seq_len} (or pass --val_every 0)")
-    if args.optimizer != "muon" and args.muon_lr is not None:
-        raise UserError("--muon_lr is used only with --optimizer muon")
+    for name, (setting, value) in NEEDS.items():  # resolve_defaults fills these only if used
+        if getattr(args, name) is not None and getattr(args, setting) != value:
+            raise UserError(f"--{name} is used only with --{setting} {value}")
     if args.fsdp and "RANK" not in os.environ:
         raise UserError("--fsdp shards the model over the processes of a torchrun job; start it "
                         "with torchrun --nproc_per_node=N")
@@ -1029,14 +1093,15 @@ def any_rank(flag, device):
 
 def shard_model(model, dtype):
     """--fsdp (FSDP2): each block's weights, gradients and optimizer states are split over the
-    GPUs and gathered (in bf16) only while that block runs; then the rest (the embeddings with the
-    tied head, the final norm) the same way. Gradients are reduced in fp32."""
+    GPUs and gathered (in bf16) only while that block runs; so is an untied head; then the rest
+    (the embeddings, with a tied head, and the final norm) the same way. Gradients are reduced
+    in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype == "bf16" else None,
                                   reduce_dtype=torch.float32)
-    for block in model.transformer.h:
-        fully_shard(block, mp_policy=policy)
+    for module in [*model.transformer.h] + ([] if model.tied else [model.lm_head]):
+        fully_shard(module, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
 
 
@@ -1045,13 +1110,17 @@ def memory_estimate(config, args, n_params, n_muon, world_size):
     gradients (8 bytes a parameter) and the optimizer's moments (AdamW 8, Muon 4), split over the
     GPUs with --fsdp; activations ~34 bytes per token, layer and channel in bf16 (Korthikanti et
     al. 2022, with flash attention), with --activation_checkpointing only each block's 2-byte
-    input and one block recomputed; and the logits (bf16, and fp32 for the loss). Against
+    input and one block recomputed; and the logits (bf16, and fp32 for the loss). Speedrun
+    keeps q and k before their norm (4 bytes per layer and channel) and its soft-capped fp32
+    logits; n_params counts its untied head. Against
     build-nanogpt compiled on an H100 at micro-batch 16 / 32 / 64: 11.2 / 20.6 / 39.4 GiB
     here, 12.0 / 21.7 / 41.2 GiB measured."""
     states = (16 * n_params - 4 * n_muon) / (world_size if args.fsdp else 1)
     C, L = config.n_embd, config.n_layer
-    per_token = (2 * L * C + 34 * C) if args.activation_checkpointing else 34 * L * C
-    activations = args.micro_batch * args.seq_len * (per_token + 6 * config.vocab_size)
+    per_layer = (38 if config.arch == "speedrun" else 34) * C
+    per_token = (2 * L * C + per_layer) if args.activation_checkpointing else L * per_layer
+    per_logit = 10 if config.logit_softcap else 6
+    activations = args.micro_batch * args.seq_len * (per_token + per_logit * config.vocab_size)
     return states / 2**30, activations / 2**30
 
 
@@ -1067,7 +1136,8 @@ def peak_flops(name, override_tflops=None):
 
 def flops_per_token(model, seq_len):
     """6N + 12*L*H*Q*T: forward+backward matmul FLOPs per token (PaLM, appendix B), N without
-    the position embedding, Q the head size, T the attended length."""
+    the lookups (the position embedding, an untied token embedding; any head is a matmul and
+    counts), Q the head size, T the attended length."""
     c = model.config
     attention = 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
     return 6 * model.num_params(non_embedding=True) + attention
@@ -1320,11 +1390,12 @@ def train(args):
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, gradient_as_bucket_view=True)
     optimizers, optimizer_settings = configure_optimizers(raw_model, args, device.type)
-    peak_lrs = [args.max_lr, args.muon_lr][:len(optimizers)]
     scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
     n_params = raw_model.num_params()
-    log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters, {dtype}, compile "
-              f"{compile_model}, {world_size} process(es), {grad_accum} micro-steps per step")
+    head = "" if raw_model.tied else f" ({raw_model.lm_head.weight.numel():,} in the untied head)"
+    log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters{head}, {dtype}, "
+              f"compile {compile_model}, {world_size} process(es), {grad_accum} micro-steps per "
+              f"step")
     log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
                                         for name, s in optimizer_settings.items()))
     estimate = memory_estimate(model_config, args, n_params, optimizer_settings.get(
@@ -1503,9 +1574,10 @@ def train(args):
                 scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
         norm = norm.full_tensor() if args.fsdp else norm  # FSDP's is a distributed tensor
-        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        for optimizer, peak_lr in zip(optimizers, peak_lrs):
-            for group in optimizer.param_groups:
+        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio,
+                           args.lr_schedule, args.cooldown_frac)
+        for optimizer in optimizers:
+            for group, peak_lr in zip(optimizer.param_groups, optimizer.peak_lrs):
                 group["lr"] = peak_lr * factor
         loss_value, norm_value = torch.stack([loss_accum, norm.to(loss_accum)]).tolist()  # 1 sync
         if not math.isfinite(loss_value) or (not scaler and not math.isfinite(norm_value)):
