@@ -555,8 +555,8 @@ def configure_optimizers(model, args, device_type):
     """-> (optimizers, their settings for config.json). AdamW decays only tensors of >= 2 dims
     (not biases and norm gains) and is fused on CUDA; with --optimizer muon the block matrices go
     to torch.optim.Muon instead. An untied head and its embedding get AdamW groups of their own
-    (--head_lr, --embed_lr; default --max_lr). Every parameter is in exactly one group; each
-    optimizer's peak_lrs are its groups' peak LRs, for the schedule."""
+    (--head_lr, --embed_lr; default --max_lr). Every parameter is in exactly one group, and each
+    group's "lr" is its peak LR."""
     hidden = muon_params(model) if args.optimizer == "muon" else []
     own = [] if model.tied else [(model.transformer.wte.weight, args.embed_lr),
                                  (model.lm_head.weight, args.head_lr)]
@@ -579,8 +579,6 @@ def configure_optimizers(model, args, device_type):
         settings["muon"] = dict(lr=args.muon_lr, momentum=args.muon_momentum, **muon,
                                 weight_decay=args.weight_decay,
                                 params=sum(p.numel() for p in hidden))
-    for optimizer in optimizers:
-        optimizer.peak_lrs = [group["lr"] for group in optimizer.param_groups]
     return optimizers, settings
 
 
@@ -1330,11 +1328,87 @@ def load_hellaswag(args, block_size, log):
     return examples
 
 
-def train(args):
-    """One run (or --benchmark): the setup, then the loop. -> the exit code."""
-    # ---- setup: processes, device, precision; the arguments are checked before anything else
+@dataclass
+class Due:
+    """The periodic tasks that run at a step, before its training step, in this order."""
+    val: bool = False
+    hella: bool = False
+    samples: bool = False
+    ckpt: bool = False
+
+
+def task_every(args):
+    """Steps between runs of each periodic task (0: never); --benchmark runs none of them."""
+    every = {"val": args.val_every, "hella": args.hellaswag_every, "samples": args.sample_every,
+             "ckpt": args.checkpoint_every}
+    return dict.fromkeys(every, 0) if args.benchmark else every
+
+
+@dataclass
+class Run:
+    """What the loop works with. raw_model is the module (checkpoints, samples, the optimizer);
+    model is what the forward passes run: raw_model compiled, and under torchrun wrapped in DDP (a
+    whole copy per GPU), unless --fsdp sharded raw_model itself over the GPUs."""
+    args: argparse.Namespace
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: str  # resolved: bf16, fp16 or fp32
+    amp: object  # autocast_ctx(): mixed precision, or nothing
+    compiled: bool
+    grad_accum: int  # micro-steps per step
+    model_config: GPTConfig
+    log: RunLog
+    loader: object = None  # TrainLoader, or RandomTokens for --benchmark
+    val_set: ValSet = None
+    examples: list = None  # HellaSwag's, when it is evaluated
+    enc: object = None  # tiktoken's GPT-2 encoding, for the samples
+    raw_model: GPT = None
+    model: nn.Module = None
+    optimizers: list = None
+    peak_lrs: list = None  # per optimizer, one per parameter group
+    optimizer_settings: dict = None
+    scaler: torch.amp.GradScaler = None  # fp16 only
+    estimate: tuple = (0.0, 0.0)  # memory_estimate()
+    flops: float = 0.0  # per token, and the card's peak FLOP/s (None: unknown), for MFU
+    peak: float = None
+    config: dict = None  # config.json as written at the start
+    ckpt_path: str = None  # the checkpoint this run continues from, and the schedule changes
+    changes: list = ()  # that --resume makes there
+    start_step: int = 0
+    evals_done: bool = False  # the evaluations of start_step ran before its checkpoint
+    elapsed_before: float = 0.0  # seconds trained before this process started
+    t_start: float = 0.0
+    last_val: float = None
+    last_hella: float = None
+    task_seconds: dict = None  # how long each periodic task took the last time, for the ETA
+    stop: StopRequest = None
+
+    def elapsed(self):
+        return self.elapsed_before + time.time() - self.t_start
+
+    def should_stop(self):
+        """Did any rank get Ctrl-C or SIGTERM? A collective: every rank asks at the same points."""
+        return any_rank(self.stop.signum is not None, self.device)
+
+    def tasks_due(self, step):
+        last = step == self.args.max_steps
+        due = Due(**{task: n > 0 and (step % n == 0 or last)
+                     for task, n in task_every(self.args).items()})
+        due.samples &= step > 0
+        due.ckpt = (due.ckpt or last) and not self.args.benchmark
+        if step == self.start_step:  # the checkpoint we continue from holds this step's weights
+            if self.evals_done:  # ... and its evaluations ran before it was written
+                return Due()
+            due.ckpt &= self.ckpt_path is not None
+        return due
+
+
+def start_run(args):
+    """Processes, device and precision, then every check (arguments, the checkpoint to continue
+    from, the data) before the model is built: -> (Run, that checkpoint or None)."""
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    world_size, master = int(os.environ.get("WORLD_SIZE", 1)), rank == 0
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
     resolve_defaults(args, world_size)
     validate_args(args, world_size)
     device = resolve_device(args.device, local_rank)
@@ -1343,302 +1417,339 @@ def train(args):
         torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left
     if "RANK" in os.environ:  # started by torchrun
         init_process_group(device, rank, world_size)
-    dtype = choose_dtype(args.dtype, device)
-    amp = autocast_ctx(device.type, dtype)
-    compile_model = bool(args.compile if args.compile is not None else device.type == "cuda")
+    compiled = bool(args.compile if args.compile is not None else device.type == "cuda")
     grad_accum = args.total_batch // (args.micro_batch * args.seq_len * world_size)
-    model_config = model_config_from_args(args)
-    log = RunLog(None if args.benchmark else args.log_dir, master)
+    dtype = choose_dtype(args.dtype, device)
+    run = Run(args, rank, world_size, device, dtype, autocast_ctx(device.type, dtype), compiled,
+              grad_accum, model_config_from_args(args),
+              RunLog(None if args.benchmark else args.log_dir, rank == 0), task_seconds={})
     if args.warmup_steps >= args.max_steps and not args.benchmark:
-        log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps {args.max_steps}: "
-                  f"the LR never reaches its peak", file=sys.stderr)
-
-    # ---- setup: what the run continues from, and the data; nothing is written before the
-    # last check has passed
-    ckpt_path, ckpt, changes = None, None, []
+        run.log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps "
+                      f"{args.max_steps}: the LR never reaches its peak", file=sys.stderr)
+    ckpt = None
     if args.benchmark:
-        loader, val_set = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank), None
+        run.loader = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank)
     else:
         if os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
             raise UserError(f"--log_dir {args.log_dir} is a file; pass a folder")
-        ckpt_path, ckpt = find_checkpoint(args)
+        run.ckpt_path, ckpt = find_checkpoint(args)
         if ckpt is not None:
-            changes = compare_settings(args, model_config, ckpt, ckpt_path)
+            run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
             if ckpt["step"] >= args.max_steps and ckpt["evals_done"]:
-                raise NothingToDo(f"nothing to do: {ckpt_path} is step {ckpt['step']}, the end of "
-                                  f"this run (--max_steps {args.max_steps})")
-        loader, val_set = load_data(args, rank, world_size, device, log)
-    examples = load_hellaswag(args, model_config.block_size, log)
-    enc = get_encoding() if args.sample_every and not args.benchmark else None
+                raise NothingToDo(f"nothing to do: {run.ckpt_path} is step {ckpt['step']}, the "
+                                  f"end of this run (--max_steps {args.max_steps})")
+        run.loader, run.val_set = load_data(args, rank, world_size, device, run.log)
+    run.examples = load_hellaswag(args, run.model_config.block_size, run.log)
+    run.enc = get_encoding() if args.sample_every and not args.benchmark else None
+    return run, ckpt
 
-    # ---- setup: the model. raw_model is the module (checkpoints, samples, the optimizer);
-    # model is what the forward passes run: raw_model compiled, and under torchrun wrapped in
-    # DDP (a whole copy per GPU), unless --fsdp sharded raw_model itself over the GPUs
+
+def build_model(run):
+    """The model on its device (sharded with --fsdp, compiled, DDP-wrapped), its optimizers and
+    the fp16 loss scaler; prints its size and the memory estimate."""
+    args, device = run.args, run.device
     torch.manual_seed(args.seed)  # the same init on every rank (DDP broadcasts it anyway)
-    raw_model = GPT(model_config).to(device)
-    raw_model.activation_checkpointing = bool(args.activation_checkpointing)
+    run.raw_model = GPT(run.model_config).to(device)
+    run.raw_model.activation_checkpointing = bool(args.activation_checkpointing)
     if args.fsdp:
-        if dtype == "fp16":
+        if run.dtype == "fp16":
             raise UserError("--fsdp needs bf16 or fp32 (this card would train in fp16); use "
                             "--dtype fp32, or leave out --fsdp")
-        shard_model(raw_model, dtype)
-    model = torch.compile(raw_model) if compile_model else raw_model
+        shard_model(run.raw_model, run.dtype)
+    run.model = torch.compile(run.raw_model) if run.compiled else run.raw_model
     if dist.is_initialized() and not args.fsdp:
         # no buffers to broadcast (the RoPE tables derive from the config), and the gradients as
         # views into the all-reduce buckets: one copy of them less
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+        run.model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, gradient_as_bucket_view=True)
-    optimizers, optimizer_settings = configure_optimizers(raw_model, args, device.type)
-    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
-    n_params = raw_model.num_params()
-    head = "" if raw_model.tied else f" ({raw_model.lm_head.weight.numel():,} in the untied head)"
-    log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters{head}, {dtype}, "
-              f"compile {compile_model}, {world_size} process(es), {grad_accum} micro-steps per "
-              f"step")
-    log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
-                                        for name, s in optimizer_settings.items()))
-    estimate = memory_estimate(model_config, args, n_params, optimizer_settings.get(
-        "muon", {}).get("params", 0), world_size)
+    run.optimizers, run.optimizer_settings = configure_optimizers(run.raw_model, args,
+                                                                  device.type)
+    # each group's peak LR, as configured (before a checkpoint overwrites the groups' "lr")
+    run.peak_lrs = [[group["lr"] for group in opt.param_groups] for opt in run.optimizers]
+    run.scaler = torch.amp.GradScaler(device.type) if run.dtype == "fp16" else None
+    n_params, head = run.raw_model.num_params(), run.raw_model.lm_head.weight.numel()
+    head = "" if run.raw_model.tied else f" ({head:,} in the untied head)"
+    run.log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters{head}, "
+                  f"{run.dtype}, compile {run.compiled}, {run.world_size} process(es), "
+                  f"{run.grad_accum} micro-steps per step")
+    run.log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
+                                            for name, s in run.optimizer_settings.items()))
+    run.flops = flops_per_token(run.raw_model, args.seq_len)
+    run.peak = peak_flops(device_name(device), args.peak_tflops)
+    n_muon = run.optimizer_settings.get("muon", {}).get("params", 0)
+    run.estimate = memory_estimate(run.model_config, args, n_params, n_muon, run.world_size)
     if device.type == "cuda":
+        states, activations = run.estimate
         card = torch.cuda.get_device_properties(device).total_memory / 2**30
-        log.print(f"memory estimate per GPU: {sum(estimate):.1f} GiB ({estimate[0]:.1f} weights, "
-                  f"gradients and optimizer, {estimate[1]:.1f} activations) of {card:.1f} GiB")
-        if sum(estimate) > 0.9 * card:  # the CUDA context, NCCL and fragmentation need room
-            log.print("warning: this may not fit; " + ", ".join(
-                ["--fsdp"] * (not args.fsdp and world_size > 1)
+        run.log.print(f"memory estimate per GPU: {states + activations:.1f} GiB ({states:.1f} "
+                      f"weights, gradients and optimizer, {activations:.1f} activations) of "
+                      f"{card:.1f} GiB")
+        if states + activations > 0.9 * card:  # the CUDA context, NCCL and fragmentation
+            run.log.print("warning: this may not fit; " + ", ".join(
+                ["--fsdp"] * (not args.fsdp and run.world_size > 1)
                 + ["--activation_checkpointing 1"] * (not args.activation_checkpointing)
-                + [f"a smaller --micro_batch ({micro_batch_options(args, world_size)})"]))
-    # checkpoints hold full (unsharded) state dicts, the optimizer's state keyed by parameter
-    # name: the same file continues a run with or without --fsdp (imported here: 0.5 s)
+                + [f"a smaller --micro_batch ({micro_batch_options(args, run.world_size)})"]))
+
+
+def full_state_dicts(**options):
+    """torch's state-dict functions, set for full (unsharded) state dicts: checkpoints hold the
+    whole model and the optimizer's state keyed by parameter name, so the same file continues a
+    run with or without --fsdp. (Imported here: 0.5 s, which --export and the tests skip.)"""
     from torch.distributed.checkpoint import state_dict as dcp
 
-    start_step, elapsed_before, evals_done = 0, 0.0, False
-    if ckpt is not None:
-        full = dcp.StateDictOptions(full_state_dict=True)
-        dcp.set_model_state_dict(raw_model, ckpt["model"], options=full)
-        dcp.set_optimizer_state_dict(raw_model, optimizers, ckpt["optimizer"], options=full)
-        if scaler and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_step, elapsed_before, evals_done = ckpt["step"], ckpt["elapsed"], ckpt["evals_done"]
-        del ckpt  # a 124M checkpoint holds 1.5 GB of CPU tensors
+    return dcp, dcp.StateDictOptions(full_state_dict=True, **options)
 
-    # ---- setup: the log dir, locked by rank 0 while the run lives; the first writes
+
+def restore(run, ckpt):
+    """Continue: the checkpoint's weights, optimizer and scaler states, step and time."""
+    dcp, full = full_state_dicts()
+    dcp.set_model_state_dict(run.raw_model, ckpt["model"], options=full)
+    dcp.set_optimizer_state_dict(run.raw_model, run.optimizers, ckpt["optimizer"], options=full)
+    if run.scaler and ckpt["scaler"]:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_step, run.elapsed_before = ckpt["step"], ckpt["elapsed"]
+    run.evals_done = ckpt["evals_done"]
+
+
+def open_log_dir(run):
+    """Rank 0 locks --log_dir for as long as the run lives, cuts the logs back to the step it
+    continues from (or sets aside an earlier run's logs that have no checkpoint) and writes
+    config.json: the run's first writes."""
+    log, error = run.log, None
+    if run.rank == 0:
+        try:
+            lock_log_dir(run.args.log_dir)
+        except UserError as e:
+            error = str(e)
+    if any_rank(error, run.device):
+        raise UserError(error or "rank 0 could not lock --log_dir")
+    if run.rank == 0 and run.ckpt_path:
+        for path in (log.log_file, log.samples_file):
+            cut_back_log(path, run.start_step, keep_evals=run.evals_done)
+        log.print(f"continuing from {run.ckpt_path} at step {run.start_step}"
+                  + "".join(f"; {k} {old} -> {new}" for k, old, new in run.changes))
+    elif run.rank == 0 and (kept := log.set_aside_old_logs()):
+        log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
+    run.config = run_config(run) if run.rank == 0 else {}
+    log.write_config(run.config)
+
+
+def save_checkpoint(run, step, evals_done):
+    """Rank 0 writes model_{step}.pt atomically; a failed write is every rank's error, and the
+    earlier checkpoints stay as they were."""
+    # gathered to rank 0 under --fsdp: a collective, every rank is here
+    dcp, full = full_state_dicts(cpu_offload=True)
+    state = {"model": dcp.get_model_state_dict(run.raw_model, options=full),
+             "optimizer": dcp.get_optimizer_state_dict(run.raw_model, run.optimizers,
+                                                       options=full),
+             "scaler": run.scaler.state_dict() if run.scaler else None, "step": step,
+             "evals_done": evals_done,  # the evaluations of `step` ran before this save
+             "config": asdict(run.model_config), "args": dict(vars(run.args)),
+             "elapsed": run.elapsed(), "val_loss": run.last_val}
+    path, error = checkpoint_path(run.args.log_dir, step), None
+    if run.rank == 0:
+        try:
+            atomic_write(path, lambda tmp: torch.save(state, tmp),
+                         tmp=os.path.join(run.args.log_dir, "model.pt.tmp"))
+        except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
+            error = (f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); the "
+                     f"earlier checkpoints are intact: free some disk space and run the same "
+                     f"command again")
+    if any_rank(error, run.device):
+        raise UserError(error or "rank 0 could not write a checkpoint")
+    run.log.print(f"saved checkpoint {path}")
+
+
+@torch.no_grad()
+def check_weights(run, step):
+    """A finite loss says nothing of the update that followed it: one forward on the step's first
+    micro-batch makes sure the weights still give a finite loss before they are evaluated,
+    sampled from or saved."""
+    x, y = run.loader.batch(step, 0)
+    with run.amp:
+        _, loss = run.raw_model(x.to(run.device), y.to(run.device))
+    if any_rank(not math.isfinite(loss.item()), run.device):
+        raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a "
+                        f"training batch); no checkpoint was written; {lower_lr_hint(run.args)}")
+
+
+def lower_lr_hint(args):
+    found = list_checkpoints(args.log_dir)
+    return f"lower --max_lr and --resume {found[-1]}" if found else "lower --max_lr"
+
+
+def train(args):
+    """One run (or --benchmark): the setup, continue or start, then the loop. -> the exit code."""
+    # ---- setup: every check first, then the model; nothing is written before the last check
+    run, ckpt = start_run(args)
+    build_model(run)
+    if ckpt is not None:  # ---- continue where the checkpoint left off
+        restore(run, ckpt)
+        del ckpt  # a 124M checkpoint holds 1.5 GB of CPU tensors
     if not args.benchmark:
-        error = None
-        if master:
-            try:
-                lock_log_dir(args.log_dir)
-            except UserError as e:
-                error = str(e)
-        if any_rank(error, device):
-            raise UserError(error or "rank 0 could not lock --log_dir")
-        if master and ckpt_path:
-            for path in (log.log_file, log.samples_file):
-                cut_back_log(path, start_step, keep_evals=evals_done)
-            log.print(f"continuing from {ckpt_path} at step {start_step}"
-                      + "".join(f"; {k} {old} -> {new}" for k, old, new in changes))
-        elif master and (kept := log.set_aside_old_logs()):
-            log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
-        config = run_config(args, log, model_config, n_params, world_size, grad_accum, device,
-                            dtype, compile_model, optimizer_settings, loader, val_set, ckpt_path,
-                            start_step, changes) if master else {}
-        log.write_config(config)
-    stop = StopRequest(log)
-    should_stop = lambda: any_rank(stop.signum is not None, device)  # noqa: E731 (collective)
-    peak = peak_flops(device_name(device), args.peak_tflops)
-    flops = flops_per_token(raw_model, args.seq_len)
+        open_log_dir(run)
+    run.stop = StopRequest(run.log)
+    model, raw_model, device, log, amp = run.model, run.raw_model, run.device, run.log, run.amp
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def save_checkpoint(step, evals_done):
-        """Rank 0 writes model_{step}.pt atomically; a failed write is every rank's error, and
-        the earlier checkpoints stay as they were."""
-        # gathered to rank 0 under --fsdp: a collective, every rank is here
-        full = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = {"model": dcp.get_model_state_dict(raw_model, options=full),
-                 "optimizer": dcp.get_optimizer_state_dict(raw_model, optimizers, options=full),
-                 "scaler": scaler.state_dict() if scaler else None, "step": step,
-                 "evals_done": evals_done,  # the evaluations of `step` ran before this save
-                 "config": asdict(model_config), "args": dict(vars(args)), "elapsed": elapsed(),
-                 "val_loss": last_val}
-        path, error = checkpoint_path(args.log_dir, step), None
-        if master:
-            try:
-                atomic_write(path, lambda tmp: torch.save(state, tmp),
-                             tmp=os.path.join(args.log_dir, "model.pt.tmp"))
-            except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
-                error = (f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); the "
-                         f"earlier checkpoints are intact: free some disk space and run the same "
-                         f"command again")
-        if any_rank(error, device):
-            raise UserError(error or "rank 0 could not write a checkpoint")
-        log.print(f"saved checkpoint {path}")
-
-    @torch.no_grad()
-    def check_weights(step):
-        """A finite loss says nothing of the update that followed it: one forward on the step's
-        first micro-batch makes sure the weights still give a finite loss before they are
-        evaluated, sampled from or saved."""
-        x, y = loader.batch(step, 0)
-        with amp:
-            _, loss = raw_model(x.to(device), y.to(device))
-        if any_rank(not math.isfinite(loss.item()), device):
-            raise UserError(f"the weights diverged after step {step - 1} (loss {loss.item()} on a "
-                            f"training batch); no checkpoint was written; {lower_lr_hint()}")
-
-    def lower_lr_hint():
-        found = list_checkpoints(args.log_dir)
-        return f"lower --max_lr and --resume {found[-1]}" if found else "lower --max_lr"
-
-    def elapsed():
-        return elapsed_before + time.time() - t_start
-
     # ---- the loop: the evaluations of step s, then the training step s -> s+1, then its log
-    t_start, step_times, last_val, last_hella = time.time(), [], None, None
-    every = {"val": args.val_every, "hella": args.hellaswag_every, "samples": args.sample_every,
-             "ckpt": args.checkpoint_every}
-    if args.benchmark:
-        every = dict.fromkeys(every, 0)
-    task_seconds = {}  # how long each periodic task took the last time, for the ETA
-    for step in range(start_step, args.max_steps + 1):
+    run.t_start, step_times = time.time(), []
+    for step in range(run.start_step, args.max_steps + 1):
         last_step = step == args.max_steps
 
         # -- evaluation: val loss, HellaSwag, samples, then the checkpoint, each when it is due
-        due = {task: n > 0 and (step % n == 0 or last_step) for task, n in every.items()}
-        due["samples"] &= step > 0
-        due["ckpt"] = (due["ckpt"] or last_step) and not args.benchmark
-        if step == start_step:  # the checkpoint we continue from holds this step's weights
-            due["ckpt"] &= ckpt_path is not None and not evals_done
-            if evals_done:  # ... and its evaluations ran before it was written
-                due = dict.fromkeys(due, False)
-        if step > start_step and any(due.values()):
-            check_weights(step)  # never evaluate, sample from or save diverged weights
+        due = run.tasks_due(step)
+        if step > run.start_step and due != Due():
+            check_weights(run, step)  # never evaluate, sample from or save diverged weights
         t0 = time.time()
-        if due["val"]:
-            last_val = evaluate_val(model, val_set, args.micro_batch, device, amp, rank,
-                                    world_size, should_stop)
-            if last_val is None:  # stopped: save this step; its evaluations run again later
-                save_checkpoint(step, evals_done=False)
-                return stopped(log, step, stop)
-            task_seconds["val"], t0 = time.time() - t0, time.time()
-            log.print(f"step {step:5d} | val loss {last_val:.4f}")
-            log.record(step, val=last_val)
-        if due["hella"]:
-            result = hellaswag.evaluate(model, examples, device, autocast=amp, rank=rank,
-                                        world_size=world_size, batch_size=args.hellaswag_batch,
-                                        max_len=model_config.block_size, should_stop=should_stop)
+        if due.val:
+            run.last_val = evaluate_val(model, run.val_set, args.micro_batch, device, amp,
+                                        run.rank, run.world_size, run.should_stop)
+            if run.last_val is None:  # stopped: save this step; its evaluations run again later
+                return stopped(run, step)
+            run.task_seconds["val"], t0 = time.time() - t0, time.time()
+            log.print(f"step {step:5d} | val loss {run.last_val:.4f}")
+            log.record(step, val=run.last_val)
+        if due.hella:
+            result = hellaswag.evaluate(model, run.examples, device, autocast=amp,
+                                        rank=run.rank, world_size=run.world_size,
+                                        batch_size=args.hellaswag_batch,
+                                        max_len=run.model_config.block_size,
+                                        should_stop=run.should_stop)
             if result is None:
-                save_checkpoint(step, evals_done=False)
-                return stopped(log, step, stop)
-            task_seconds["hella"], t0 = time.time() - t0, time.time()
-            last_hella = result["acc_norm"]
+                return stopped(run, step)
+            run.task_seconds["hella"], t0 = time.time() - t0, time.time()
+            run.last_hella = result["acc_norm"]
             log.print(f"step {step:5d} | hellaswag {result['num_correct_norm']}/"
-                      f"{result['examples']} acc_norm {last_hella:.4f} acc {result['acc']:.4f}")
-            log.record(step, hella=last_hella, hella_acc=result["acc"])
-        if due["samples"] and (master or args.fsdp):  # one rank is enough, unless sharded
-            texts = generate_samples(raw_model, enc, args, step, device, amp)
-            task_seconds["samples"], t0 = time.time() - t0, time.time()
+                      f"{result['examples']} acc_norm {run.last_hella:.4f} acc "
+                      f"{result['acc']:.4f}")
+            log.record(step, hella=run.last_hella, hella_acc=result["acc"])
+        if due.samples and (run.rank == 0 or args.fsdp):  # one rank is enough, unless sharded
+            texts = generate_samples(raw_model, run.enc, args, step, device, amp)
+            run.task_seconds["samples"], t0 = time.time() - t0, time.time()
             for i, text in enumerate(texts):
                 log.print(f"sample {i}: {text}")
             log.samples(step, texts)
-        if due["ckpt"]:
-            save_checkpoint(step, evals_done=True)
-            task_seconds["ckpt"] = time.time() - t0
+        if due.ckpt:
+            save_checkpoint(run, step, evals_done=True)
+            run.task_seconds["ckpt"] = time.time() - t0
         if last_step:
             break
 
         # -- the training step: grad_accum micro-steps, one gradient all-reduce, clip, update
         t0 = time.time()
         model.train()
-        for optimizer in optimizers:
+        for optimizer in run.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss_accum = torch.zeros((), device=device)
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-        for micro_step in range(grad_accum):
-            x, y = loader.batch(step, micro_step)
+        for micro_step in range(run.grad_accum):
+            x, y = run.loader.batch(step, micro_step)
             x, y = to_device(x, device, static=True), to_device(y, device, static=True)
             # DDP must know BEFORE the forward whether this backward all-reduces the gradients:
             # only the last micro-step's does (build-nanogpt PR #30 fixed this ordering bug).
             # FSDP reduce-scatters every micro-step: else each GPU would hold whole gradients
-            sync = micro_step == grad_accum - 1 or not ddp
+            sync = micro_step == run.grad_accum - 1 or not ddp
             with contextlib.nullcontext() if sync else model.no_sync():
                 with amp:
                     _, loss = model(x, y)
-                loss = loss / grad_accum  # every micro-batch holds the same number of tokens
+                loss = loss / run.grad_accum  # every micro-batch holds the same number of tokens
                 loss_accum += loss.detach()
-                (scaler.scale(loss) if scaler else loss).backward()
-        all_reduce(loss_accum).div_(world_size)  # the mean over the ranks, for the log
-        if scaler:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
+                (run.scaler.scale(loss) if run.scaler else loss).backward()
+        all_reduce(loss_accum).div_(run.world_size)  # the mean over the ranks, for the log
+        if run.scaler:
+            for optimizer in run.optimizers:
+                run.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
         norm = norm.full_tensor() if args.fsdp else norm  # FSDP's is a distributed tensor
         factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio,
                            args.lr_schedule, args.cooldown_frac)
-        for optimizer in optimizers:
-            for group, peak_lr in zip(optimizer.param_groups, optimizer.peak_lrs):
+        for optimizer, peak_lrs in zip(run.optimizers, run.peak_lrs):
+            for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
                 group["lr"] = peak_lr * factor
         loss_value, norm_value = torch.stack([loss_accum, norm.to(loss_accum)]).tolist()  # 1 sync
-        if not math.isfinite(loss_value) or (not scaler and not math.isfinite(norm_value)):
+        if not math.isfinite(loss_value) or (not run.scaler and not math.isfinite(norm_value)):
             raise UserError(f"loss is {loss_value} (grad norm {norm_value}) at step {step}; the "
-                            f"update was not applied, no checkpoint written; {lower_lr_hint()}")
-        for optimizer in optimizers:
-            scaler.step(optimizer) if scaler else optimizer.step()
-        if scaler:
-            scaler.update()
+                            f"update was not applied, no checkpoint written; "
+                            f"{lower_lr_hint(args)}")
+        for optimizer in run.optimizers:
+            run.scaler.step(optimizer) if run.scaler else optimizer.step()
+        if run.scaler:
+            run.scaler.update()
         synchronize(device)
 
         # -- logging
-        dt = time.time() - t0
-        step_times.append(dt)
-        lr, tok_s = args.max_lr * factor, args.total_batch / dt
-        mfu = flops * tok_s / (peak * world_size) if peak else None
-        # the median: the first step of a process includes minutes of compiling
-        eta = statistics.median(step_times[-20:]) * (args.max_steps - step - 1) + sum(
-            s * count_due(every[task], step, args.max_steps) for task, s in task_seconds.items())
-        log.print(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} "
+        step_times.append(time.time() - t0)
+        log_step(run, step, loss_value, args.max_lr * factor, norm_value, step_times)
+        if run.should_stop() and step + 1 < args.max_steps and not args.benchmark:
+            check_weights(run, step + 1)
+            return stopped(run, step + 1)
+
+    return report_benchmark(run, step_times) if args.benchmark else finish(run)
+
+
+def log_step(run, step, loss, lr, norm, step_times):
+    """The step's console line (with the ETA) and its log.txt records."""
+    args, dt = run.args, step_times[-1]
+    tok_s = args.total_batch / dt
+    mfu = run.flops * tok_s / (run.peak * run.world_size) if run.peak else None
+    # the median: the first step of a process includes minutes of compiling
+    every = task_every(args)
+    eta = statistics.median(step_times[-20:]) * (args.max_steps - step - 1) + sum(
+        s * count_due(every[task], step, args.max_steps) for task, s in run.task_seconds.items())
+    run.log.print(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} "
                   f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
                   + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}")
-        log.record(step, train=loss_value, lr=lr, norm=norm_value, dt=dt * 1000,
-                   **{"tok/s": tok_s}, mfu=mfu, elapsed=elapsed())
-        if should_stop() and step + 1 < args.max_steps and not args.benchmark:
-            check_weights(step + 1)
-            save_checkpoint(step + 1, evals_done=False)
-            return stopped(log, step + 1, stop)
+    run.log.record(step, train=loss, lr=lr, norm=norm, dt=dt * 1000, **{"tok/s": tok_s}, mfu=mfu,
+                   elapsed=run.elapsed())
 
-    if args.benchmark:
-        result = speed_figures(step_times, args.total_batch, flops, peak, device, compile_model,
-                               world_size)
-        result |= dict(estimate_gib=round(sum(estimate), 2), gpu=device_name(device),
-                       world_size=world_size, dtype=dtype, compile=compile_model, arch=args.arch,
-                       optimizer=args.optimizer, n_params=n_params, micro_batch=args.micro_batch,
-                       seq_len=args.seq_len, total_batch=args.total_batch, grad_accum=grad_accum,
-                       steps=args.steps, torch=torch.__version__)
-        log.print(json.dumps(result))
-        return 0
-    log.record(args.max_steps, elapsed=elapsed())
-    log.write_config(config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+def stopped(run, step):
+    """A stop request: save `step` (its evaluations run again when the run continues), exit with
+    128 + the signal."""
+    save_checkpoint(run, step, evals_done=False)
+    run.log.print(f"stopped at step {step}; run the same command again to continue")
+    return 128 + run.stop.signum
+
+
+def report_benchmark(run, step_times):
+    """--benchmark's one JSON line."""
+    args = run.args
+    result = speed_figures(step_times, args.total_batch, run.flops, run.peak, run.device,
+                           run.compiled, run.world_size)
+    result |= dict(estimate_gib=round(sum(run.estimate), 2), gpu=device_name(run.device),
+                   world_size=run.world_size, dtype=run.dtype, compile=run.compiled,
+                   arch=args.arch, optimizer=args.optimizer, n_params=run.raw_model.num_params(),
+                   micro_batch=args.micro_batch, seq_len=args.seq_len,
+                   total_batch=args.total_batch, grad_accum=run.grad_accum, steps=args.steps,
+                   torch=torch.__version__)
+    run.log.print(json.dumps(result))
+    return 0
+
+
+def finish(run):
+    """The end of the run: its last records, config.json's end time and the `done:` line."""
+    args, log = run.args, run.log
+    log.record(args.max_steps, elapsed=run.elapsed())
+    log.write_config(run.config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     n = args.max_steps * args.total_batch
     tokens = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(elapsed())}"
-              + (f"; final val loss {last_val:.4f}" if last_val is not None else "")
-              + (f"; HellaSwag acc_norm {last_hella:.4f}" if last_hella is not None else "")
+    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(run.elapsed())}"
+              + (f"; final val loss {run.last_val:.4f}" if run.last_val is not None else "")
+              + (f"; HellaSwag acc_norm {run.last_hella:.4f}" if run.last_hella is not None
+                 else "")
               + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
     return 0
 
 
-def stopped(log, step, stop):
-    log.print(f"stopped at step {step}; run the same command again to continue")
-    return 128 + stop.signum
-
-
-def run_config(args, log, model_config, n_params, world_size, grad_accum, device, dtype,
-               compile_model, optimizer_settings, loader, val_set, ckpt_path, start_step, changes):
+def run_config(run):
     """config.json: the arguments as resolved, what the run found (card, torch, data, commit),
     and its history (where it was continued from, which settings changed when)."""
+    args, log = run.args, run.log
     previous = {}
-    if ckpt_path and os.path.exists(log.config_file):
+    if run.ckpt_path and os.path.exists(log.config_file):
         with open(log.config_file) as f:
             previous = json.load(f)
     try:
@@ -1650,17 +1761,20 @@ def run_config(args, log, model_config, n_params, world_size, grad_accum, device
     skip = ("benchmark", "steps", "export", "export_dir", "resume", "argv")
     return {k: v for k, v in vars(args).items() if k not in skip} | dict(
         command=" ".join(["train_gpt2.py"] + args.argv), git_commit=commit,
-        model_config=asdict(model_config), n_params=n_params, world_size=world_size,
-        grad_accum_steps=grad_accum, device_name=device_name(device),
-        n_gpus=world_size if device.type == "cuda" else 0, dtype_resolved=dtype,
-        compile_resolved=compile_model, torch_version=torch.__version__,
-        optimizer_settings=optimizer_settings, tokens_per_step=args.total_batch,
-        train_tokens=loader.stream.total,
-        val_tokens_used=val_set.n_windows * args.seq_len if val_set else 0,
+        model_config=asdict(run.model_config), n_params=run.raw_model.num_params(),
+        world_size=run.world_size, grad_accum_steps=run.grad_accum,
+        device_name=device_name(run.device),
+        n_gpus=run.world_size if run.device.type == "cuda" else 0, dtype_resolved=run.dtype,
+        compile_resolved=run.compiled, torch_version=torch.__version__,
+        optimizer_settings=run.optimizer_settings, tokens_per_step=args.total_batch,
+        train_tokens=run.loader.stream.total,
+        val_tokens_used=run.val_set.n_windows * args.seq_len if run.val_set else 0,
         started_at=previous.get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        resumed_from=previous.get("resumed_from", []) + ([ckpt_path] if ckpt_path else []),
+        resumed_from=previous.get("resumed_from", []) + ([run.ckpt_path] if run.ckpt_path
+                                                         else []),
         setting_changes=previous.get("setting_changes", []) + [
-            {"step": start_step, "setting": k, "old": old, "new": new} for k, old, new in changes])
+            {"step": run.start_step, "setting": k, "old": old, "new": new}
+            for k, old, new in run.changes])
 
 
 # -----------------------------------------------------------------------------
