@@ -1473,8 +1473,10 @@ def build_model(run):
     run.log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters{head}, "
                   f"{run.dtype}, compile {run.compiled}, {run.world_size} process(es), "
                   f"{run.grad_accum} micro-steps per step")
-    run.log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
-                                            for name, s in run.optimizer_settings.items()))
+    run.log.print("optimizer: " + "; ".join(
+        f"{name} lr {s['lr']:g}" + (f" (embedding {s['embed_lr']:g}, head {s['head_lr']:g})"
+                                    if "head_lr" in s else "") + f" on {s['params']:,} params"
+        for name, s in run.optimizer_settings.items()))
     run.flops = flops_per_token(run.raw_model, args.seq_len)
     run.peak = peak_flops(device_name(device), args.peak_tflops)
     n_muon = run.optimizer_settings.get("muon", {}).get("params", 0)
