@@ -26,7 +26,7 @@ from test_model import count_graphs
 
 # --recipe fast at the tiny shape; a low clip so that clipping acts at every step, a checkpoint
 # every 2 steps to continue from (6 steps: warmup 0-1, flat 2-4, cooldown from step 4.3)
-FAST = ["--recipe", "fast", *TINY, "--grad_clip", "0.05", "--checkpoint_every", "2"]
+FAST = ["--recipe", "fast", *TINY, "--grad_clip", "0.05", "--checkpoint_every", "2", "--val_tokens", "320"]
 ZERO_INIT = ("attn.c_proj.weight", "mlp.c_proj.weight")
 
 
@@ -35,15 +35,27 @@ def work(tmp_path_factory):
     yield from work_dir(tmp_path_factory, "speedrun")
 
 
+def fast_argv(work, log_dir):
+    return [*FAST, "--data_dir", work["data"], "--log_dir", log_dir]
+
+
 def fast_run(work, name, *extra, ddp=False):
     log_dir = work["root"] / name
-    ok(run_cli(work["env"], *FAST, "--data_dir", work["data"], "--log_dir", log_dir, *extra, ddp=ddp))
+    ok(run_cli(work["env"], *fast_argv(work, log_dir), *extra, ddp=ddp))
     return log_dir
+
+
+def run_main(argv, capsys):
+    """main() in this process (one process needs no subprocess): -> what it printed."""
+    capsys.readouterr()
+    assert tg.main([str(a) for a in argv]) == 0
+    return capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
 def single(work):
-    return fast_run(work, "single")
+    assert tg.main([str(a) for a in fast_argv(work, work["root"] / "single")]) == 0  # in-process
+    return work["root"] / "single"
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +224,7 @@ def test_fast_fsdp_equals_ddp(work, ddp):
     assert_same_training(ddp, fast_run(work, "fsdp", "--fsdp", "1", ddp=True), ("DDP", "FSDP"))
 
 
-def test_fast_run_continues_bit_for_bit(work, single):
+def test_fast_run_continues_bit_for_bit(work, single, capsys):
     """The finished run's folder as a kill -9 after step 3 leaves it (checkpoint 2, log.txt
     past it), then the same command."""
     log_dir = work["root"] / "continued"
@@ -220,8 +232,7 @@ def test_fast_run_continues_bit_for_bit(work, single):
     for name in checkpoints(log_dir):
         if int(name[6:11]) > 2:
             (log_dir / name).unlink()
-    proc = ok(run_cli(work["env"], *FAST, "--data_dir", work["data"], "--log_dir", log_dir))
-    assert f"continuing from {log_dir / 'model_00002.pt'}" in proc.stdout
+    assert f"continuing from {log_dir / 'model_00002.pt'}" in run_main(fast_argv(work, log_dir), capsys)
     assert records(log_dir) == records(single)
     mine, ref = load(log_dir), load(single)
     assert state_dicts_equal(mine["model"], ref["model"])
