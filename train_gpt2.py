@@ -16,8 +16,9 @@ The file reads top to bottom, in the order of the lecture:
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
   6. the arguments;
-  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), then train(): the setup,
-     and the loop (evaluation, training step, logging);
+  7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), the log; then train():
+     start_run (every check), build_model, restore (continue) or start, and the loop:
+     evaluate, sample, checkpoint, the training step, log;
   8. entry points: --export, main().
 """
 
@@ -257,7 +258,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # keep only the block's input; its insides are recomputed in the backward:
-                # ~1/17 of the activation memory for ~1/3 more compute
+                # ~1/7 of the blocks' activation memory at 12 layers, ~1/13 at 48 (by
+                # memory_estimate: (2L + 34) / 34L), for ~1/3 more compute
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
@@ -606,14 +608,19 @@ def list_checkpoints(log_dir):
     return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
 
 
-def atomic_write(path, write_fn, tmp=None):
-    """write_fn(tmp), fsync, rename, fsync the folder: a kill or a full disk never leaves a
-    half-written `path` nor touches an earlier file. The temp name is fixed (path + ".tmp", or
-    model.pt.tmp for all checkpoints), so a killed write's leftover is overwritten by the next
-    one (a single run writes into a log dir: lock_log_dir)."""
+def atomic_write(path, content, tmp=None):
+    """Write `content` (text, or a function that writes the file it is given) to tmp, fsync,
+    rename, fsync the folder: a kill or a full disk never leaves a half-written `path` nor
+    touches an earlier file. The temp name is fixed (path + ".tmp", or model.pt.tmp for all
+    checkpoints), so a killed write's leftover is overwritten by the next one (a single run
+    writes into a log dir: lock_log_dir)."""
     tmp = tmp or path + ".tmp"
     try:
-        write_fn(tmp)
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "w") as f:
+                f.write(content)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -693,12 +700,7 @@ def cut_back_log(path, step, keep_evals):
     with open(path) as f:
         lines = f.read().split("\n")[:-1]  # a last line without "\n" was cut off by a kill
     kept = "".join(line + "\n" for line in lines if keep(line))
-    atomic_write(path, lambda tmp: write_text(tmp, kept))
-
-
-def write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write(path, kept)
 
 
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
@@ -847,7 +849,8 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 def get_args(argv=None):
     p = ArgumentParser(description="Train GPT-2 on FineWeb-Edu shards (see README.md). Running "
                        "a command again continues its run.", formatter_class=HelpFormatter)
-    a, pos, nonneg, lr = p.add_argument, number(low=1), number(), number(float, 0, low_open=True)
+    a, pos, nonneg = p.add_argument, number(low=1), number()
+    positive = number(float, 0, low_open=True)
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
@@ -872,14 +875,14 @@ def get_args(argv=None):
       "speedrun; fast: 0)")
     a("--optimizer", choices=["adamw", "muon"], help="muon: torch.optim.Muon (torch >= 2.9) for "
       "the block matrices, AdamW for the rest (default: adamw)")
-    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
+    a("--max_lr", type=positive, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
       "speedrun)")
-    a("--muon_lr", type=lr, help="peak Muon LR (default: 2 x --max_lr)")
+    a("--muon_lr", type=positive, help="peak Muon LR (default: 2 x --max_lr)")
     a("--muon_adjust_lr", choices=["match_rms_adamw", "original"], help="Muon's LR per matrix "
       "shape (torch's adjust_lr_fn; default: match_rms_adamw, fast: original)")
-    a("--embed_lr", type=lr, help="speedrun: peak AdamW LR of the token embedding "
+    a("--embed_lr", type=positive, help="speedrun: peak AdamW LR of the token embedding "
       "(default: --max_lr)")
-    a("--head_lr", type=lr, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
+    a("--head_lr", type=positive, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
     a("--lr_schedule", choices=["cosine", "wsd"], help="cosine (build-nanogpt's) or wsd: flat, "
       "then linear to the floor (default: cosine)")
     a("--cooldown_frac", type=number(float, 0, 1), help="wsd: the LR falls over this last "
@@ -914,11 +917,22 @@ def get_args(argv=None):
     a("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     a("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA cards that have it, "
       "fp16 on older ones, fp32 on CPU/MPS (default: auto)")
-    a("--peak_tflops", type=lr, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
+    a("--peak_tflops", type=positive, help="the card's dense bf16 TFLOP/s, for MFU on other cards "
       "(default: known for H100/H200, A100, 4090, 3090)")
     a("--benchmark", action="store_true", help="train --steps steps on random tokens, write "
       "nothing, print one JSON line (tokens/s, MFU, peak memory)")
     a("--steps", type=pos, default=20, help="steps for --benchmark")
+    a("--tensorboard", type=int, default=0, choices=[0, 1], help="also log to TensorBoard event "
+      "files in <log_dir>/tensorboard (pip install tensorboard)")
+    a("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (pip install "
+      "wandb; WANDB_MODE=offline works); the run's id is kept in config.json")
+    a("--wandb_run", metavar="NAME", help="the W&B run's name (default: W&B picks one)")
+    a("--target_val_loss", type=positive, help="say when val loss first reaches this (default: "
+      f"{GPT2_VAL_LOSS}, GPT-2 124M's, claimed on FineWeb-Edu data only)")
+    a("--target_hellaswag", type=number(float, 0, 1), help="say when HellaSwag acc_norm first "
+      f"reaches this (default: {GPT2_HELLASWAG}, GPT-2 124M's, on the full val set only)")
+    a("--usd_per_hour", type=number(float), help="what the machine costs an hour: the ETA, the "
+      "done line and the targets then give the cost")
     a("--export", metavar="CHECKPOINT", help="write a checkpoint as a transformers folder, exit")
     a("--export_dir", help="where --export writes (default: CHECKPOINT without .pt + _hf)")
     return p.parse_args(argv)
@@ -988,6 +1002,11 @@ def validate_args(args, world_size):
                         f"seq_len * GPUs = {args.micro_batch}*{args.seq_len}*{world_size}; "
                         f"--micro_batch values that divide it: "
                         f"{micro_batch_options(args, world_size)}")
+    for flag in ("tensorboard", "wandb"):  # optional packages: asked for, imported here
+        try:
+            __import__(flag) if getattr(args, flag) else None
+        except ImportError:
+            raise UserError(f"--{flag} needs the {flag} package: pip install {flag}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -1077,6 +1096,19 @@ def init_process_group(device, rank, world_size):
                             rank=rank, world_size=world_size)
 
 
+def rank0_tries(fn, device, fallback):
+    """Rank 0 runs fn(); a UserError it raises becomes every rank's UserError, raised together
+    (a collective: every rank must call this), so that no rank is left waiting for another."""
+    error = None
+    if int(os.environ.get("RANK", 0)) == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = str(e)
+    if any_rank(error, device):
+        raise UserError(error or fallback)
+
+
 def all_reduce(t, op=dist.ReduceOp.SUM):
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
@@ -1141,22 +1173,36 @@ def flops_per_token(model, seq_len):
     return 6 * model.num_params(non_embedding=True) + attention
 
 
-def speed_figures(times, tokens_per_step, flops_per_token, peak, device, compiled, world_size=1):
+def speed_figures(times, tokens_per_step, flops, peak, device, compiled, world_size=1):
     """--benchmark's figures from the wall time of each step: the median of the steps after the
     first third (compile and warm-up excluded); MFU against `peak` FLOP/s per device."""
     dt = statistics.median(times[max(1, len(times) // 3):] or times)
     tok_s = tokens_per_step / dt
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak_mem = peak_memory_gib(device)
     return {"tokens_per_s": round(tok_s, 1), "step_ms": round(dt * 1000, 2),
-            "mfu": round(flops_per_token * tok_s / (peak * world_size), 4) if peak else None,
+            "mfu": round(flops * tok_s / (peak * world_size), 4) if peak else None,
             "peak_mem_gib": round(peak_mem, 3) if peak_mem else None,
             "compile_s": round(times[0] - dt, 2) if compiled else 0.0}
+
+
+def peak_memory_gib(device):
+    """The most memory torch has held on this GPU since the run began; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def hms(seconds):
     """1h07m: hours and minutes, rounded to the minute (never "2h60m")."""
     h, m = divmod(round(seconds / 60), 60)
     return f"{h}h{m:02d}m"
+
+
+def cost_text(seconds, usd_per_hour, before=" (", after=")"):
+    """What `seconds` of the machine cost at --usd_per_hour, as " ($2.80)"; "" without a price."""
+    return "" if usd_per_hour is None else f"{before}${seconds / 3600 * usd_per_hour:,.2f}{after}"
+
+
+def tokens_text(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def count_due(every, after, last):
@@ -1169,12 +1215,62 @@ def count_due(every, after, last):
 
 LOG_FORMATS = {"train": "{:.6f}", "val": "{:.4f}", "hella": "{:.4f}", "hella_acc": "{:.4f}",
                "lr": "{:.6e}", "norm": "{:.4f}", "dt": "{:.2f}", "tok/s": "{:.0f}",
-               "mfu": "{:.4f}", "elapsed": "{:.1f}"}
+               "mfu": "{:.4f}", "mem": "{:.2f}", "elapsed": "{:.1f}"}
+
+
+class TensorBoardSink:
+    """--tensorboard 1: event files in <log_dir>/tensorboard (`tensorboard --logdir LOG_DIR`)."""
+
+    def __init__(self, args, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        # purge_step: TensorBoard hides the points at steps >= start_step written before, by a
+        # killed run past its checkpoint (a timeline this run abandons); the earlier ones stand
+        folder = f"{args.log_dir}/tensorboard"
+        self.replay_from = start_step if os.path.isdir(folder) else 0  # see RunLog.begin
+        self.writer = SummaryWriter(folder, purge_step=start_step)
+        for summary in hparams({k: v if isinstance(v, (int, float, str)) else json.dumps(v)
+                                for k, v in config.items()}, {"val": None, "hella": None}):
+            self.writer.file_writer.add_summary(summary)  # the settings, in the HPARAMS tab
+        self.close = self.writer.close
+
+    def log(self, step, values, texts):
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        for i, text in enumerate(texts):
+            self.writer.add_text(f"sample{i}", text, step)
+        self.writer.flush()  # as log.txt is: a kill -9 loses nothing before its checkpoint
+
+
+class WandbSink:
+    """--wandb PROJECT: a Weights & Biases run, its id kept in config.json. wandb sends what it
+    is given every ~15 s, so a kill -9 loses the last seconds, before the checkpoint too: a
+    continued run rewinds the run to step 0 (wandb's resume_from; a killed run has logged step 0
+    long before its first checkpoint) and logs log.txt's records again from step 1, which also
+    drops the abandoned timeline past the checkpoint. WANDB_MODE=offline rewrites nothing on
+    disk: each process writes an offline-run folder of its own, the continued one records the
+    rewind, and the server applies it at `wandb sync` (oldest folder first)."""
+
+    def __init__(self, args, config, start_step):
+        import wandb
+
+        self.wandb, run_id = wandb, config.get("wandb_run_id")
+        rewind = {"resume_from": f"{run_id}?_step=0"} if run_id and start_step else {}
+        self.replay_from = 1 if rewind else 0  # see RunLog.begin
+        self.run = wandb.init(project=args.wandb, name=args.wandb_run, config=config,
+                              dir=os.environ.get("WANDB_DIR") or args.log_dir, **rewind)
+        config["wandb_run_id"], self.close = self.run.id, self.run.finish
+
+    def log(self, step, values, texts):
+        table = self.wandb.Table(columns=["sample"], data=[[t] for t in texts])
+        self.run.log(values | ({"samples": table} if texts else {}), step=step)
 
 
 class RunLog:
     """All a run writes but checkpoints, on rank 0 only: the console, log.txt, samples.txt and
-    config.json. log_dir None: console only.
+    config.json, and the live views (--tensorboard, --wandb), which get log.txt's values.
+    log_dir None: console only.
 
     The format of log.txt and samples.txt, written here and read by parse_record / read_log (the
     only reader: the write-up tool, the notebook, the benchmarks and the tests all use it): one
@@ -1187,6 +1283,8 @@ class RunLog:
         self.dir, self.master = log_dir, master
         self.log_file, self.samples_file, self.config_file = (
             os.path.join(log_dir or "", n) for n in ("log.txt", "samples.txt", "config.json"))
+        # config.json's dict (its "targets"); the training steps' time, evaluations excluded
+        self.sinks, self.config, self.train_seconds, self.start_step = [], {}, 0.0, 0
 
     def print(self, *args, **kwargs):
         if self.master:
@@ -1194,19 +1292,69 @@ class RunLog:
 
     def record(self, step, **values):
         if self.master and self.dir:
+            texts = {name: LOG_FORMATS.get(name, "{}").format(v) for name, v in values.items()
+                     if v is not None}
             with open(self.log_file, "a") as f:
-                f.writelines(f"{step} {name} {LOG_FORMATS.get(name, '{}').format(v)}\n"
-                             for name, v in values.items() if v is not None)
+                f.writelines(f"{step} {name} {text}\n" for name, text in texts.items())
+            self.train_seconds += values.get("dt", 0) / 1000
+            self.live(step, {name: float(text) for name, text in texts.items()})
 
     def samples(self, step, texts):
         if self.master and self.dir:
             with open(self.samples_file, "a") as f:
                 f.writelines(f"{step} sample{i} {json.dumps(t)}\n" for i, t in enumerate(texts))
+            self.live(step, {}, texts)
+
+    def live(self, step, values, texts=(), sinks=None):
+        """A step's values as log.txt holds them, or its samples, to the live views; the first
+        time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
+        line, and config.json records it."""
+        for sink in (self.sinks if sinks is None else sinks) if values or texts else []:
+            sink.log(step, values, texts)
+        for t in self.config.get("targets", []) if step >= self.start_step else []:
+            v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
+            if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
+                    1 if t["metric"] == "val" else -1) > 0:
+                continue
+            usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
+            t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
+                                train_hours=round(hours, 6),
+                                gpu_hours=round(hours * c["world_size"], 6))
+            self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
+                       f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
+                       f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
+                       + cost_text(hours * 3600, c["usd_per_hour"], ", ", ""))
+            self.write_config(c)
+
+    def begin(self, args, config, start_step):
+        """Once log.txt and samples.txt were cut back to start_step: the live views, given again
+        what they lost of the records that stay, from their replay_from on (at least those of
+        start_step: its evaluations ran before the checkpoint); then config.json."""
+        if self.master and self.dir:
+            log, samples = (read_log(p) if os.path.exists(p) else LogRecords([], [])
+                            for p in (self.log_file, self.samples_file))
+            if self.train_seconds is None:  # a checkpoint older than "train_seconds"
+                self.train_seconds = sum(v for _, name, v in log.records if name == "dt") / 1000
+            self.config, self.start_step, self.sinks = config, start_step, [
+                sink(args, config, start_step) for flag, sink in (
+                    (args.tensorboard, TensorBoardSink), (args.wandb, WandbSink)) if flag]
+            steps = {}  # step -> (values, samples), samples.txt's lines being no numbers
+            for step, name, value in log.records:
+                steps.setdefault(step, ({}, []))[0][name] = value
+            for step, _, text in map(parse_record, samples.unreadable):
+                steps.setdefault(step, ({}, []))[1].append(json.loads(text))
+            for step, (values, texts) in sorted(steps.items()):
+                self.live(step, values, texts, [s for s in self.sinks if step >= s.replay_from])
+        self.write_config(config)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
 
     def write_config(self, config):
         if self.master and self.dir:
             text = json.dumps(config, indent=2) + "\n"
-            atomic_write(self.config_file, lambda tmp: write_text(tmp, text))
+            atomic_write(self.config_file, text)
 
     def set_aside_old_logs(self):
         """A run that crashed before its first checkpoint: keep its files under the time they
@@ -1512,20 +1660,16 @@ def restore(run, ckpt):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.start_step, run.elapsed_before = ckpt["step"], ckpt["elapsed"]
     run.evals_done = ckpt["evals_done"]
+    run.log.train_seconds = ckpt.get("train_seconds")  # None: an older one (RunLog.begin)
 
 
 def open_log_dir(run):
     """Rank 0 locks --log_dir for as long as the run lives, cuts the logs back to the step it
     continues from (or sets aside an earlier run's logs that have no checkpoint) and writes
-    config.json: the run's first writes."""
-    log, error = run.log, None
-    if run.rank == 0:
-        try:
-            lock_log_dir(run.args.log_dir)
-        except UserError as e:
-            error = str(e)
-    if any_rank(error, run.device):
-        raise UserError(error or "rank 0 could not lock --log_dir")
+    config.json: the run's first writes; then the live views start."""
+    log = run.log
+    rank0_tries(lambda: lock_log_dir(run.args.log_dir), run.device, "rank 0 could not lock "
+                "--log_dir")
     if run.rank == 0 and run.ckpt_path:
         for path in (log.log_file, log.samples_file):
             cut_back_log(path, run.start_step, keep_evals=run.evals_done)
@@ -1534,7 +1678,7 @@ def open_log_dir(run):
     elif run.rank == 0 and (kept := log.set_aside_old_logs()):
         log.print(f"note: an earlier run left logs without checkpoints; kept as {kept}")
     run.config = run_config(run) if run.rank == 0 else {}
-    log.write_config(run.config)
+    log.begin(run.args, run.config, run.start_step)
 
 
 def save_checkpoint(run, step, evals_done):
@@ -1548,18 +1692,19 @@ def save_checkpoint(run, step, evals_done):
              "scaler": run.scaler.state_dict() if run.scaler else None, "step": step,
              "evals_done": evals_done,  # the evaluations of `step` ran before this save
              "config": asdict(run.model_config), "args": dict(vars(run.args)),
-             "elapsed": run.elapsed(), "val_loss": run.last_val}
-    path, error = checkpoint_path(run.args.log_dir, step), None
-    if run.rank == 0:
+             "elapsed": run.elapsed(), "val_loss": run.last_val,
+             "train_seconds": run.log.train_seconds}
+    path = checkpoint_path(run.args.log_dir, step)
+
+    def write():
         try:
             atomic_write(path, lambda tmp: torch.save(state, tmp),
                          tmp=os.path.join(run.args.log_dir, "model.pt.tmp"))
         except (OSError, RuntimeError) as e:  # a full disk: "file write failed" or ENOSPC
-            error = (f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); the "
-                     f"earlier checkpoints are intact: free some disk space and run the same "
-                     f"command again")
-    if any_rank(error, run.device):
-        raise UserError(error or "rank 0 could not write a checkpoint")
+            raise UserError(f"cannot write checkpoint {path} ({' '.join(str(e).split())[:160]}); "
+                            f"the earlier checkpoints are intact: free some disk space and run "
+                            f"the same command again") from None
+    rank0_tries(write, run.device, "rank 0 could not write a checkpoint")
     run.log.print(f"saved checkpoint {path}")
 
 
@@ -1703,15 +1848,17 @@ def log_step(run, step, loss, lr, norm, step_times):
         s * count_due(every[task], step, args.max_steps) for task, s in run.task_seconds.items())
     run.log.print(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} "
                   f"| dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f}"
-                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}")
+                  + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | eta {hms(eta)}"
+                  + cost_text(run.elapsed() + eta, args.usd_per_hour, " (", " in all)"))
     run.log.record(step, train=loss, lr=lr, norm=norm, dt=dt * 1000, **{"tok/s": tok_s}, mfu=mfu,
-                   elapsed=run.elapsed())
+                   mem=peak_memory_gib(run.device), elapsed=run.elapsed())
 
 
 def stopped(run, step):
     """A stop request: save `step` (its evaluations run again when the run continues), exit with
     128 + the signal."""
     save_checkpoint(run, step, evals_done=False)
+    run.log.close()
     run.log.print(f"stopped at step {step}; run the same command again to continue")
     return 128 + run.stop.signum
 
@@ -1736,13 +1883,13 @@ def finish(run):
     args, log = run.args, run.log
     log.record(args.max_steps, elapsed=run.elapsed())
     log.write_config(run.config | {"ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    n = args.max_steps * args.total_batch
-    tokens = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-    log.print(f"done: {args.max_steps:,} steps, {tokens} tokens in {hms(run.elapsed())}"
+    log.print(f"done: {args.max_steps:,} steps, {tokens_text(args.max_steps * args.total_batch)} "
+              f"tokens in {hms(run.elapsed())}" + cost_text(run.elapsed(), args.usd_per_hour)
               + (f"; final val loss {run.last_val:.4f}" if run.last_val is not None else "")
               + (f"; HellaSwag acc_norm {run.last_hella:.4f}" if run.last_hella is not None
                  else "")
               + f"; last checkpoint {checkpoint_path(args.log_dir, args.max_steps)}")
+    log.close()
     return 0
 
 
@@ -1776,7 +1923,46 @@ def run_config(run):
                                                          else []),
         setting_changes=previous.get("setting_changes", []) + [
             {"step": run.start_step, "setting": k, "old": old, "new": new}
-            for k, old, new in run.changes])
+            for k, old, new in run.changes],
+        targets=run_targets(args, previous.get("targets", []), run.start_step),
+        **{k: previous[k] for k in ["wandb_run_id"] if k in previous})
+
+
+GPT2_VAL_LOSS = 3.2924  # GPT-2 124M (OpenAI's weights) on FineWeb-Edu's val shard (build-nanogpt)
+GPT2_HELLASWAG = 0.2945  # its HellaSwag acc_norm on all 10,042 val examples
+
+
+def is_fineweb_edu(data_dir):
+    """fineweb.py's manifest.json names its input (files from --source get the hub's shard
+    prefix too); shards without one are build-nanogpt's fineweb.py's if named edufineweb_*."""
+    try:
+        with open(os.path.join(data_dir, "manifest.json")) as f:
+            return json.load(f)["settings"]["input"].get("path") == "HuggingFaceFW/fineweb-edu"
+    except FileNotFoundError:
+        return all(os.path.basename(p).startswith("edufineweb_")
+                   for p in find_shards(data_dir, "train"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def run_targets(args, previous, start_step):
+    """config.json's "targets": GPT-2 124M's scores (or --target_*), whether this run may claim
+    each (else a note says why), and where each was first reached: kept across a resume, unless
+    on the timeline past start_step that the resume abandons."""
+    before, targets = {t["metric"]: t for t in previous}, []
+    for metric, given, default, note in (
+            ("val", args.target_val_loss, GPT2_VAL_LOSS, not is_fineweb_edu(args.data_dir) and
+             f"the default val target is GPT-2's FineWeb-Edu score; this run's data is "
+             f"{args.data_dir}, not FineWeb-Edu"),
+            ("hella", args.target_hellaswag, GPT2_HELLASWAG, args.hellaswag_limit and
+             f"GPT-2's score is on all 10,042 HellaSwag val examples; --hellaswag_limit "
+             f"{args.hellaswag_limit} is a subset, not comparable")):
+        target, note = (default, note or None) if given is None else (given, None)
+        old = before.get(metric) or {"reached": None}
+        keep = old["reached"] and old["reached"]["step"] < start_step and old["target"] == target
+        targets.append(dict(metric=metric, target=target, applies=not note, note=note,
+                            reached=old["reached"] if keep else None))
+    return targets
 
 
 # -----------------------------------------------------------------------------

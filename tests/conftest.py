@@ -21,10 +21,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every subprocess t
 # two workers in collection order. Longest first (seconds on CI's 2 cores, roughly): left to sort by
 # name or by test count, test_trainer.py (a third of the suite) started last and kept one worker
 # busy for ~20 s after the other had finished.
-LONGEST_FIRST = ("test_trainer.py", "test_fsdp.py", "test_gpu_check.py", "test_fineweb.py",
-                 "test_hellaswag.py", "test_readme.py", "test_results.py", "test_compile.py")
+LONGEST_FIRST = ("test_trainer.py", "test_fsdp.py", "test_live_metrics.py", "test_gpu_check.py",
+                 "test_fineweb.py", "test_hellaswag.py", "test_readme.py", "test_results.py",
+                 "test_compile.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order
+    # a stable sort: each file keeps its own order
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -120,13 +120,10 @@ def assert_one_error_line(stderr, returncode, *needles):
 
 
 def records(log_dir, names=("train", "val")):
-    """[(step, name, value-string)] of log.txt, in file order, for the given names."""
-    out = []
-    for line in (Path(log_dir) / "log.txt").read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in names:
-            out.append((int(parts[0]), parts[1], parts[2]))
-    return out
+    """[(step, name, value-string)] of log.txt's complete lines (train_gpt2.parse_record), in file
+    order, for the given names: the value exactly as the run wrote it."""
+    lines = (Path(log_dir) / "log.txt").read_text().split("\n")[:-1]  # the last one may be cut
+    return [r for r in map(tg.parse_record, lines) if r is not None and r[1] in names]
 
 
 def record_map(log_dir, names=("train", "val")):

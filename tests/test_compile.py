@@ -43,14 +43,16 @@ class CountingBackend:
         return compile_fn
 
     def backend(self):
-        return aot_autograd(fw_compiler=self.compiler("forward"), bw_compiler=self.compiler("backward"))
+        return aot_autograd(fw_compiler=self.compiler("forward"),
+                            bw_compiler=self.compiler("backward"))
 
 
 def run_compiled(monkeypatch, backend, *argv):
     """main(argv) in this process, torch.compile going to the counting backend."""
     torch._dynamo.reset()
     real_compile = torch.compile
-    monkeypatch.setattr(tg.torch, "compile", lambda model, **kw: real_compile(model, backend=backend.backend()))
+    monkeypatch.setattr(tg.torch, "compile",
+                        lambda model, **kw: real_compile(model, backend=backend.backend()))
     assert tg.main([str(a) for a in argv]) == 0
 
 
@@ -60,17 +62,19 @@ def test_static_training_graph_and_no_recompiles(tmp_path, monkeypatch):
     data = write_shards(tmp_path / "data")
     monkeypatch.setenv("HELLASWAG_DIR", str(write_hellaswag_dir(tmp_path / "hs", n=12)))
     backend = CountingBackend(tmp_path / "log" / "log.txt")
-    run_compiled(monkeypatch, backend, *TINY, "--data_dir", data, "--log_dir", tmp_path / "log", "--compile", "1",
-                 "--max_steps", "3", "--val_every", "1", "--hellaswag_every", "1", "--hellaswag_batch", "2",
-                 "--sample_every", "1", "--sample_tokens", "4")
+    run_compiled(monkeypatch, backend, *TINY, "--data_dir", data, "--log_dir", tmp_path / "log",
+                 "--compile", "1", "--max_steps", "3", "--val_every", "1", "--hellaswag_every", "1",
+                 "--hellaswag_batch", "2", "--sample_every", "1", "--sample_tokens", "4")
     graphs = backend.graphs
-    assert [g[2] for g in graphs] == [0] * len(graphs), f"compiled again after the first step: {graphs}"
+    assert [g[2] for g in graphs] == [0] * len(graphs), \
+        f"compiled again after the first step: {graphs}"
     backward = [i for i, g in enumerate(graphs) if g[0] == "backward"]
     assert len(backward) == 1, graphs
     training = graphs[backward[0] - 1:backward[0] + 1]  # the training forward, then its backward
     assert training[0][0] == "forward", graphs
     assert not any(g[1] for g in training), f"the training graph has symbolic shapes: {graphs}"
-    assert len(graphs) <= 5, f"too many graphs for one cycle: {graphs}"  # val, HellaSwag (1-2), train fwd + bwd
+    # val, HellaSwag (1-2), train fwd + bwd
+    assert len(graphs) <= 5, f"too many graphs for one cycle: {graphs}"
 
 
 def real_text_shards(tmp_path):
@@ -100,10 +104,13 @@ def test_compiled_loss_path_trains_like_the_eager_one(tmp_path, monkeypatch):
     for compiled in (0, 1):
         log_dir = tmp_path / f"log{compiled}"
         run_compiled(monkeypatch, CountingBackend(log_dir / "log.txt"), *TINY, "--data_dir", data,
-                     "--log_dir", log_dir, "--max_steps", "20", "--micro_batch", "8", "--warmup_steps", "5",
-                     "--max_lr", "3e-3", "--val_every", "0", "--compile", compiled)
-        losses[compiled] = [float(line.split()[2]) for line in (log_dir / "log.txt").read_text().splitlines()
+                     "--log_dir", log_dir, "--max_steps", "20", "--micro_batch", "8",
+                     "--warmup_steps", "5", "--max_lr", "3e-3", "--val_every", "0",
+                     "--compile", compiled)
+        losses[compiled] = [float(line.split()[2])
+                            for line in (log_dir / "log.txt").read_text().splitlines()
                             if line.split()[1] == "train"]
-    assert len(losses[0]) == 20 and losses[0][-1] < losses[0][0] - 1.0, "the tiny model did not learn"
+    assert len(losses[0]) == 20 and losses[0][-1] < losses[0][0] - 1.0, \
+        "the tiny model did not learn"
     for step, (eager, compiled) in enumerate(zip(losses[0], losses[1])):
         assert abs(eager - compiled) < 1e-4, f"step {step}: eager {eager}, compiled {compiled}"

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check
+import train_gpt2
+from benchmarks import compare, gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 needs_shared = pytest.mark.skipif(not (SHARED / "corpus").is_dir(),
-                                  reason=f"offline data not found at {SHARED} (CI clones the repo beside shared/)")
+                                  reason=f"offline data not found at {SHARED} "
+                                  "(CI clones the repo beside shared/)")
 
 # What the device machine hands back from `--out $OUT/gpu_check` (its documented limits, written
 # out here rather than taken from gpu_check, so a change there cannot loosen the test with it)
@@ -45,12 +47,13 @@ def assert_returnable(out, well_under=DEVICE_MAX_FILE_BYTES):
     safe names, small enough, no temp file left; and the archive would unpack the same way."""
     entries = sorted(out.rglob("*"))
     files = [p for p in entries if p.is_file() and not p.is_symlink()]
-    assert not [p for p in entries if p.is_symlink() or not (p.is_file() or p.is_dir())], "links or special files"
+    odd = [p for p in entries if p.is_symlink() or not (p.is_file() or p.is_dir())]
+    assert not odd, "links or special files"
     assert 0 < len(files) <= DEVICE_MAX_FILES, [str(p.relative_to(out)) for p in files]
     for p in entries:
         rel = p.relative_to(out)
         assert len(rel.parts) <= DEVICE_MAX_PARTS, f"{rel} is too deep"
-        assert all(DEVICE_SAFE_NAME.fullmatch(part) for part in rel.parts), f"{rel} has an unsafe name"
+        assert all(DEVICE_SAFE_NAME.fullmatch(part) for part in rel.parts), f"{rel}: unsafe name"
         assert not p.name.endswith(".tmp"), f"{rel}: a temp file was left behind"
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in files}
     assert all(size < min(well_under, DEVICE_MAX_FILE_BYTES) for size in sizes.values()), sizes
@@ -82,11 +85,18 @@ def gpu_check_cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@needs_shared
-def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "out"
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """`prepare --smoke` once for the tests that run a plan on it."""
+    data = tmp_path_factory.mktemp("smoke") / "data"
     prep = gpu_check_cli("prepare", "--smoke", "--out", data, "--shared", SHARED, timeout=120)
     assert prep.returncode == 0, prep.stderr
+    return data
+
+
+@needs_shared
+def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path, smoke_data, capsys):
+    data, out = smoke_data, tmp_path / "out"
     manifest = json.loads((data / gpu_check.MANIFEST).read_text())
     assert manifest["shards"]["val"] == 1 and manifest["shards"]["train"] >= 2
 
@@ -98,7 +108,8 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
     records = read_records(out)
     plan = gpu_check.build_plan(gpu_check.SMOKE)
     assert [r["part"] for r in records] == [p.name for p in plan]
-    not_ok = [(r["part"], r["status"], r.get("error") or r.get("reason")) for r in records if r["status"] != "ok"]
+    not_ok = [(r["part"], r["status"], r.get("error") or r.get("reason")) for r in records
+              if r["status"] != "ok"]
     assert not not_ok
     logs = archive_members(out)
     for r in records:
@@ -108,6 +119,9 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
 
     summary = (out / "summary.md").read_text()
     assert proc.stdout.rstrip().endswith(summary.rstrip())  # printed at the end, too
+    # nobody takes a smoke run for a GPU result: its first line and its folder name say so
+    assert summary.startswith("# gpu_check SMOKE RUN (tiny model on the CPU, not a GPU result)")
+    assert "Every reference pair ran." in summary
     for r in records:
         assert f"| {r['part']} | ok |" in summary, r["part"]
     assert f"{len(plan)} ok, 0 failed, 0 oom, 0 skipped" in summary and "- **oom**:" in summary
@@ -119,7 +133,7 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
     row = next(line for line in summary.splitlines() if line.startswith("| matrix-gpt2-b2 |"))
     assert re.fullmatch(r"\d+\.\d{3}x", row.strip("| ").split(" | ")[6]), row
     xl = next(r for r in records if r["part"].startswith("matrix-xl-ac"))["result"]
-    assert xl["estimate_gib"] > 0  # the trainer's memory estimate, beside the measured peak on a GPU
+    assert xl["estimate_gib"] > 0  # the trainer's memory estimate, beside the peak on a GPU
 
     train = next(r for r in records if r["group"] == "train")["result"]
     assert train["checks_passed"], train["checks"]
@@ -130,30 +144,34 @@ def test_smoke_run_writes_every_result_within_the_device_limits(tmp_path):
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] and env["card"] == "cpu" and env["cuda_available"] is False
     assert "train_gpt2.py" in env["sources_sha256"] and env["started"]
-    assert re.fullmatch(r"\d{8}-cpu", gpu_check.default_dest(env).name)
+    assert re.fullmatch(r"\d{8}-cpu-smoke", gpu_check.default_dest(env).name)
 
     # what a GPU session commits: the three files and the logs, no archive
     dest = tmp_path / "committed"
+    capsys.readouterr()
     assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 0
+    said = capsys.readouterr().out
+    assert "git add" not in said and "outside the repository" in said  # it would fail there
     committed = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert committed == {"summary.md", "results.jsonl", "env.json"} | set(logs)
     assert (dest / "train-resume" / "log.txt").read_text() == logs["train-resume/log.txt"]
-    assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 1  # never over a filled folder
+    assert gpu_check.main(["unpack", str(out), "--dest", str(dest)]) == 1  # never over a full one
 
 
 def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
     """SIGTERM part-way (a device call at its limit): the folder is complete at any moment, the
     part then running is recorded failed, and its log is in the archive."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "benchmarks/gpu_check.py", "run", "--smoke", "--data", tmp_path / "no_data", "--out", out,
-           "--parts", "matrix-gpt2-b2,reference-b2"]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "benchmarks/gpu_check.py", "run", "--smoke", "--data",
+           tmp_path / "no_data", "--out", out, "--parts", "matrix-gpt2-b2,reference-b2"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         # signal once the summary names the second part running: earlier, while the first part's
         # record is still being saved, the second is rightly recorded skipped, not failed
         deadline = time.monotonic() + 120
         while "Running now: reference-b2" not in read_if_exists(out / "summary.md"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the second part never started"
+            assert proc.poll() is None and time.monotonic() < deadline, "the 2nd part never started"
             time.sleep(0.05)
         snapshot = tmp_path / "killed_now"  # what a SIGKILL right now would leave
         shutil.copytree(out, snapshot)
@@ -163,10 +181,11 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
         proc.kill()
 
     assert_returnable(snapshot)
-    assert read_records(snapshot)[0]["status"] == "ok" and "matrix-gpt2-b2.log" in archive_members(snapshot)
+    assert read_records(snapshot)[0]["status"] == "ok"
+    assert "matrix-gpt2-b2.log" in archive_members(snapshot)
     assert "| matrix-gpt2-b2 | ok |" in (snapshot / "summary.md").read_text()
     assert "Running now: reference-b2" in (snapshot / "summary.md").read_text()
-    assert archive_members(snapshot)["reference-b2.log"] == ""  # there from the start, filled when it ends
+    assert archive_members(snapshot)["reference-b2.log"] == ""  # there from the start, filled later
 
     assert_returnable(out)
     records = {r["part"]: r for r in read_records(out)}
@@ -175,7 +194,8 @@ def test_a_run_stopped_with_sigterm_keeps_what_finished(tmp_path):
     assert "interrupted" in records["reference-b2"]["error"]
     assert set(archive_members(out)) == {"matrix-gpt2-b2.log", "reference-b2.log"}
     summary = (out / "summary.md").read_text()
-    assert "Running now" not in summary and "- reference-b2 (failed): gpu_check.py was interrupted" in summary
+    assert "Running now" not in summary
+    assert "- reference-b2 (failed): gpu_check.py was interrupted" in summary
     assert proc.returncode == 1
 
 
@@ -197,17 +217,19 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
     out = tmp_path / "out"
     runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=60)
     runner.estimate = gpu_check.Estimator({"ours": 1, "reference": 1000})
-    monkeypatch.setattr(gpu_check.Runner, "left", lambda self: 3.0)  # a nearly spent budget: 3 s per part
+    monkeypatch.setattr(gpu_check.Runner, "left", lambda self: 3.0)  # nearly spent: 3 s per part
     plan = [
         fake_part("crash", "import sys; print('partial output'); sys.exit('boom: bad flag')"),
         fake_part("hang", "import time; time.sleep(600)"),
         fake_part("too-big", "print('never runs')", kind="reference"),
         fake_part("no-json", "print('done, but no result line')"),
-        fake_part("fine", "import json; print('log line'); print(json.dumps({'tokens_per_s': 5.0}))"),
+        fake_part("fine", "import json; print('log'); print(json.dumps({'tokens_per_s': 5.0}))"),
     ]
     rec = run_plan(runner, plan)
-    assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1 and "boom: bad flag" in rec["crash"]["error"]
-    assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"] and "timed out" in rec["hang"]["error"]
+    assert rec["crash"]["status"] == "failed" and rec["crash"]["rc"] == 1
+    assert "boom: bad flag" in rec["crash"]["error"]
+    assert rec["hang"]["status"] == "failed" and rec["hang"]["timed_out"]
+    assert "timed out" in rec["hang"]["error"]
     assert rec["too-big"]["status"] == "skipped" and "budget" in rec["too-big"]["reason"]
     assert rec["no-json"]["status"] == "failed" and "no JSON" in rec["no-json"]["error"]
     assert rec["fine"]["status"] == "ok" and rec["fine"]["result"] == {"tokens_per_s": 5.0}
@@ -221,8 +243,10 @@ def test_failures_timeouts_and_skips_are_recorded_and_the_run_goes_on(tmp_path, 
 
 TRAINER_OOM = ("error: out of memory at micro-batch 64 (card: NVIDIA A10G, 22 GiB); "
                "--micro_batch values that divide --total_batch 524288: 32, 16, 8")
-TRACEBACK_OOM = ("Traceback (most recent call last):\n  File \"bench_hellaswag.py\", line 9, in <module>\n"
-                 "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.07 GiB. GPU 0 has a total "
+TRACEBACK_OOM = ("Traceback (most recent call last):\n"
+                 "  File \"bench_hellaswag.py\", line 9, in <module>\n"
+                 "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.07 GiB. "
+                 "GPU 0 has a total "
                  "capacity of 22.00 GiB of which 1.20 GiB is free.\n")
 
 
@@ -231,37 +255,43 @@ def test_out_of_memory_is_its_own_status_and_the_plan_goes_on(tmp_path):
     runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=120)
     runner.estimate = gpu_check.Estimator({"ours": 1, "train": 1})
     train_oom = gpu_check.Part("train-resume", "train", "train",
-                               [sys.executable, "-c", f"import sys; print('[rank0]: {TRAINER_OOM}', file=sys.stderr); sys.exit(1)"],
+                               [sys.executable, "-c", "import sys; "
+                                f"print('[rank0]: {TRAINER_OOM}', file=sys.stderr); sys.exit(1)"],
                                info=dict(gpu_check.SMOKE.train, stop_after=2))
     plan = [
         fake_part("trainer-oom", f"import sys; print('compiling'); sys.exit({TRAINER_OOM!r})"),
         fake_part("traceback-oom", f"import sys; sys.stderr.write({TRACEBACK_OOM!r}); sys.exit(1)"),
         train_oom,
-        fake_part("other-crash", "import sys; print('12 GiB of memory free'); sys.exit('RuntimeError: shape mismatch')"),
+        fake_part("other-crash", "import sys; print('12 GiB of memory free'); "
+                  "sys.exit('RuntimeError: shape mismatch')"),
         fake_part("fine", "import json; print(json.dumps({'tokens_per_s': 5.0}))"),
     ]
     rec = run_plan(runner, plan)
     assert [r["status"] for r in runner.records] == ["oom", "oom", "oom", "failed", "ok"]
     assert rec["trainer-oom"]["error"].splitlines()[0] == TRAINER_OOM
-    assert rec["traceback-oom"]["error"].startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert rec["traceback-oom"]["error"].startswith(
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
     assert rec["train-resume"]["error"].splitlines()[0] == TRAINER_OOM  # the rank prefix dropped
     assert runner.estimate.expected == 1  # only the ok part fed the estimator
     summary = (out / "summary.md").read_text()
     assert "| trainer-oom | oom |" in summary and "| train-resume | oom |" in summary
     assert "1 ok, 1 failed, 3 oom, 0 skipped" in summary
-    assert f"- trainer-oom (oom): {TRAINER_OOM}" in summary and "- **oom**: CUDA out of memory" in summary
+    assert f"- trainer-oom (oom): {TRAINER_OOM}" in summary
+    assert "- **oom**: CUDA out of memory" in summary
     assert_returnable(out)
     # an OOM is a finding about the card, not a fault: no failed part, exit 0
     assert gpu_check.exit_code([r for r in runner.records if r["status"] != "failed"]) == 0
-    assert gpu_check.exit_code([r for r in runner.records if r["status"] == "oom"]) == 1  # nothing ran ok
+    # nothing ran ok
+    assert gpu_check.exit_code([r for r in runner.records if r["status"] == "oom"]) == 1
 
 
 def test_the_reference_step_reports_out_of_memory_in_one_line(monkeypatch, capsys):
     import torch
     from benchmarks import bench_reference_step as ref
 
-    tiny = ["--micro_batch", "8", "--seq_len", "16", "--n_layer", "1", "--n_head", "1", "--n_embd", "8",
-            "--block_size", "16", "--device", "cpu", "--dtype", "fp32", "--compile", "0", "--steps", "1"]
+    tiny = ["--micro_batch", "8", "--seq_len", "16", "--n_layer", "1", "--n_head", "1",
+            "--n_embd", "8", "--block_size", "16", "--device", "cpu", "--dtype", "fp32",
+            "--compile", "0", "--steps", "1"]
 
     def oom(self, x, y):  # as torch.compile raises it: wrapped in an error of its own
         try:
@@ -292,21 +322,24 @@ def test_output_files_are_written_whole_and_the_folder_holds_only_them(tmp_path,
     with pytest.raises(gpu_check.CheckError, match="notes.txt"):
         gpu_check.clear_out(out)
 
-    target = tmp_path / "summary.md"
-    gpu_check.write_atomic(target, "first")
+    outputs = gpu_check.Outputs(tmp_path)
+    outputs.write("summary.md", "first")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gpu_check.os, "replace", failing_replace)
+    monkeypatch.setattr(train_gpt2.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        gpu_check.write_atomic(target, "second")
+        outputs.write("summary.md", "second")
+    outputs.close()
+    target = tmp_path / "summary.md"
     assert target.read_text() == "first" and not (tmp_path / "summary.md.tmp").exists()
 
     log = tmp_path / "huge.log"
     log.write_bytes(b"command line\n" + b"x" * 3_000_000 + b"\nthe error at the end\n")
     cut = gpu_check.read_capped(log, cap=4096)
-    assert len(cut) < 4200 and cut.startswith(b"command line") and cut.endswith(b"the error at the end\n")
+    assert len(cut) < 4200 and cut.startswith(b"command line")
+    assert cut.endswith(b"the error at the end\n")
     assert b"bytes cut here" in cut
 
 
@@ -323,51 +356,126 @@ def test_missing_data_skips_the_parts_that_need_it(tmp_path):
 
 
 def test_prepare_refuses_without_sources(tmp_path):
-    proc = gpu_check_cli("prepare", "--out", tmp_path / "data", "--shared", tmp_path / "empty", timeout=60)
+    proc = gpu_check_cli("prepare", "--out", tmp_path / "data", "--shared", tmp_path / "empty",
+                         timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: missing sources:") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: missing sources:")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_dry_run_prints_the_plan_in_priority_order_without_running(tmp_path):
     proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     plan = gpu_check.build_plan(gpu_check.GPU)
-    assert [p.name for p in plan[:4]] == ["matrix-gpt2-b16", "reference-b16", "train-resume", "hellaswag"]
-    lines = {p.name: next(line for line in proc.stdout.splitlines() if f" {p.name} " in line) for p in plan}
+    assert [p.name for p in plan[:4]] == ["matrix-gpt2-b16", "reference-b16", "train-resume",
+                                          "hellaswag"]
+    lines = {p.name: next(line for line in proc.stdout.splitlines() if f" {p.name} " in line)
+             for p in plan}
     assert [p.name for p in plan] == sorted(lines, key=lambda name: proc.stdout.index(lines[name]))
     # at the stated compile time the headline pair and the train run fit the default budget
-    assert all("starts at" in lines[name] for name in ("matrix-gpt2-b16", "reference-b16", "train-resume"))
+    assert all("starts at" in lines[name]
+               for name in ("matrix-gpt2-b16", "reference-b16", "train-resume"))
     assert "compiles GPT-2 124M in ~70 s" in proc.stdout and "estimated total" in proc.stdout
     assert not (tmp_path / "results.jsonl").exists()
 
 
 # --- the training-log checks must fail on the faults they exist for
 
-def log_text(losses, val_every=5, max_steps=10, extra=""):
+def train_records(tmp_path, losses, val_every=5, max_steps=10, extra=""):
+    """The train stream of a log.txt as the checks read it (train_gpt2.read_log)."""
     lines = [f"{s} val 10.0" for s in sorted(gpu_check.due_steps(val_every, max_steps))]
     lines += [f"{s} train {v}" for s, v in enumerate(losses)]
-    return "\n".join(lines) + "\n" + extra
+    (tmp_path / "log.txt").write_text("\n".join(lines) + "\n" + extra)
+    return gpu_check.by_name(train_gpt2.read_log(tmp_path / "log.txt").records, "train")
 
 
-def test_schedule_check_catches_missing_and_duplicated_steps():
-    train = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 10)), "train")
+def test_schedule_check_catches_missing_and_duplicated_steps(tmp_path):
+    train = train_records(tmp_path, [5.0] * 10)
     assert gpu_check.check_schedule(train, range(10))["ok"]
-    twice = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 10, extra="3 train 5.0\n")), "train")
+    twice = train_records(tmp_path, [5.0] * 10, extra="3 train 5.0\n")
     assert not gpu_check.check_schedule(twice, range(10))["ok"]
-    short = gpu_check.by_name(gpu_check.parse_log(log_text([5.0] * 9)), "train")
+    short = train_records(tmp_path, [5.0] * 9)
     assert "missing [9]" in gpu_check.check_schedule(short, range(10))["detail"]
     assert gpu_check.due_steps(5, 12) == {0, 5, 10, 12}
     assert gpu_check.due_steps(0, 12) == set()
 
 
-def test_continuity_check_catches_a_jump_after_the_resume():
-    smooth = gpu_check.by_name(gpu_check.parse_log(log_text([9, 8.8, 8.6, 8.4, 8.2, 8.0, 7.9, 7.8, 7.7, 7.6])), "train")
+def test_continuity_check_catches_a_jump_after_the_resume(tmp_path):
+    smooth = train_records(tmp_path, [9, 8.8, 8.6, 8.4, 8.2, 8.0, 7.9, 7.8, 7.7, 7.6])
     assert gpu_check.continuity(smooth, 5)["ok"]
     # resumed from fresh weights instead of the checkpoint: the loss jumps back up
-    jump = gpu_check.by_name(gpu_check.parse_log(log_text([9, 8.8, 8.6, 8.4, 8.2, 10.9, 10.8, 10.7, 10.6, 10.5])), "train")
+    jump = train_records(tmp_path, [9, 8.8, 8.6, 8.4, 8.2, 10.9, 10.8, 10.7, 10.6, 10.5])
     assert not gpu_check.continuity(jump, 5)["ok"]
 
 
-def test_parse_log_skips_a_half_written_line():
-    records = gpu_check.parse_log("0 train 10.5\n0 lr 6.000000e-04\n1 tok/s 12345\n1 tra")
-    assert records == [(0, "train", 10.5), (0, "lr", 6e-4), (1, "tok/s", 12345.0)]
+def test_the_running_log_is_read_without_its_half_written_last_line(tmp_path):
+    (tmp_path / "log.txt").write_text("0 train 10.5\n0 lr 6.000000e-04\n1 train 10.4\n2 tra")
+    assert gpu_check.last_train_step(tmp_path / "log.txt") == 1
+    assert gpu_check.last_train_step(tmp_path / "missing.txt") == -1
+
+
+def test_a_reference_pair_starts_only_together_and_the_summary_names_it(tmp_path, monkeypatch):
+    """Time for one more part but not two: ours at b64 must not run without its reference."""
+    out = tmp_path / "out"
+    runner = gpu_check.Runner(gpu_check.SMOKE, tmp_path, out, budget_s=60)
+    runner.estimate = gpu_check.Estimator({"ours": 2, "reference": 2})
+    monkeypatch.setattr(gpu_check.Runner, "left", lambda self: 3.0)
+    fine = "import json; print(json.dumps({'tokens_per_s': 5.0}))"
+    plan = [gpu_check.Part(name, "matrix", impl, [sys.executable, "-c", fine], pair=pair,
+                           info=dict(impl=impl, arch="gpt2", micro_batch=64))
+            for name, impl, pair in (("matrix-gpt2-b64", "ours", "reference-b64"),
+                                     ("reference-b64", "reference", "matrix-gpt2-b64"))]
+    rec = run_plan(runner, plan)
+    assert [r["status"] for r in rec.values()] == ["skipped", "skipped"]
+    assert "with its pair reference-b64" in rec["matrix-gpt2-b64"]["reason"]
+    summary = (out / "summary.md").read_text()
+    assert "- b64: matrix-gpt2-b64 skipped" in summary and "reference-b64 skipped" in summary
+    assert "--parts matrix-gpt2-b64,reference-b64" in summary  # the next call's command
+
+
+def test_dry_run_says_what_the_budget_skips(tmp_path):
+    proc = gpu_check_cli("run", "--dry_run", "--data", tmp_path, timeout=60)
+    late = re.search(r"a next call: --parts (\S+)", proc.stdout)
+    assert late and "hellaswag" in late.group(1).split(","), proc.stdout  # not in 540 s at 70 s
+    proc = gpu_check_cli("run", "--dry_run", "--plan", "compare", "--data", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " compare-" in line]
+    assert [line.split()[1] for line in lines] == [f"compare-{v.name}" for v in compare.VARIANTS]
+    recipe = '("--recipe"' in (REPO / "train_gpt2.py").read_text()
+    fast = next(line for line in lines if "compare-fast" in line)
+    assert ("no --recipe" in fast) != recipe, fast  # skipped, with the reason, until it exists
+    assert all("starts at" in line for line in lines if line is not fast)
+
+
+@needs_shared
+def test_compare_smoke_reports_tokens_to_the_gpt2_runs_val_loss(tmp_path, smoke_data):
+    out = tmp_path / "out"
+    assert gpu_check.main(["run", "--plan", "compare", "--smoke", "--data", str(smoke_data),
+                           "--out", str(out)]) == 0
+    assert_returnable(out)
+    records = {r["config"]["variant"]: r for r in read_records(out)}
+    assert list(records) == [v.name for v in compare.VARIANTS]
+    ran = [name for name, r in records.items() if r["status"] == "ok"]
+    assert {"gpt2", "modern-muon", "modern"} <= set(ran)
+    logs = archive_members(out)
+    summary = (out / "summary.md").read_text()
+    for name in ran:
+        res = records[name]["result"]
+        assert len(res["val"]) >= 10 and res["hella_acc"] is not None and res["tok_per_s"] > 0
+        assert f"compare-{name}/log.txt" in logs
+    # the target is the gpt2 run's final val loss; its own ratio is 1 by definition
+    gpt2 = records["gpt2"]["result"]["val"]
+    target = gpt2[-1][1]
+    assert f"Target: the gpt2 run's final val loss, {target:.4f}." in summary
+    assert re.search(r"^\| gpt2 \| ok \| [\d.]+ \| [\d.]+M \| 1\.00x \|", summary, re.M), summary
+    for name in ran:  # tokens to target from the val curve of its real log, as the table says
+        val, tps = records[name]["result"]["val"], records[name]["result"]["tokens_per_step"]
+        hit = compare.reach(val, target)
+        first = next((s for s, v, _ in val if v <= target), None)
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
+        if hit is None:
+            assert first is None and "| not in " in row
+        else:  # between the evaluation before the first one at or below the target, and that one
+            assert first - 1 <= hit[0] <= first and f"| {hit[0] * tps / 1e6:.2f}M |" in row
+    if "fast" not in ran:
+        assert "- compare-fast (skipped): train_gpt2.py has no --recipe" in summary

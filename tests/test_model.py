@@ -27,7 +27,8 @@ def count_params(config):
 
 def test_default_config_is_gpt2_124m():
     config = GPTConfig()
-    assert (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd) == (1024, 50304, 12, 12, 768)
+    assert (config.block_size, config.vocab_size, config.n_layer, config.n_head,
+            config.n_embd) == (1024, 50304, 12, 12, 768)
     assert count_params(config) == 124_475_904
 
 
@@ -111,7 +112,8 @@ def test_bf16_loss_is_computed_in_fp32_and_returned_alone():
         logits, loss = model(idx[:, :-1], idx[:, 1:])
         bf16_logits, _ = model(idx[:, :-1])
     assert logits is None and loss.dtype == torch.float32 and bf16_logits.dtype == torch.bfloat16
-    ref = F.cross_entropy(bf16_logits.float().view(-1, bf16_logits.size(-1)), idx[:, 1:].reshape(-1))
+    ref = F.cross_entropy(bf16_logits.float().view(-1, bf16_logits.size(-1)),
+                          idx[:, 1:].reshape(-1))
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     loss.backward()
 

@@ -26,7 +26,8 @@ def quickstart_commands():
 
 
 def write_local_text(path):
-    """About 1 MB of real English: the OpenStax corpus when shared/data is here, else the repo's docs."""
+    """About 1 MB of real English: the OpenStax corpus when shared/data is here, else the repo's
+    docs."""
     corpus = SHARED_DATA / "corpus" / "openstax_textbooks_ccby.jsonl.gz"
     if corpus.exists():
         texts, size = [], 0
@@ -38,7 +39,8 @@ def write_local_text(path):
                     break
         path.write_text("\n\n".join(texts))
     else:
-        path.write_text("\n\n".join(p.read_text() for p in sorted(REPO.glob("*.md")) + sorted(REPO.glob("*.py"))))
+        path.write_text("\n\n".join(
+            p.read_text() for p in sorted(REPO.glob("*.md")) + sorted(REPO.glob("*.py"))))
 
 
 def test_readme_quickstart_runs_end_to_end(tmp_path):
@@ -56,7 +58,8 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
             pytest.skip("HellaSwag val file not available offline (set HELLASWAG_DIR)")
         env["HELLASWAG_DIR"] = str(SHARED_DATA / "hellaswag")
     for command in commands[2:]:  # the install and the download are done above
-        out = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
         assert out.returncode == 0, f"{command}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
 
     log = (tmp_path / "quickstart_log" / "log.txt").read_text().splitlines()

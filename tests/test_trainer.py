@@ -14,14 +14,23 @@ What a user relies on, and where it is checked:
     step does not depend on micro_batch / world size (test_loader_*); the validation set and its
     loss do not either (test_val_*);
   * bad input -> one line "error: ..." on stderr, exit code 1, no traceback, and no file of an
-    earlier run changed (test_bad_*); under torchrun the error is printed once;
-  * no log line, sample or checkpoint is ever lost: finished runs, earlier logs, killed
-    checkpoint writes, a full disk, divergence (test_finished_*, test_fresh_*, test_stale_*,
-    test_disk_full_*, test_nan_*);
-  * a SIGTERM is answered within seconds even during an evaluation, and a crashed rank ends the
-    whole torchrun job at once (test_sigterm_during_*, test_dead_rank_*);
-  * Muon: its parameter groups cover every parameter once; config.json records the optimizers;
-  * --compile 1, --export, --benchmark, --help, the run summary.
+    earlier run changed (test_bad_*, test_muon_on_old_torch_*); under torchrun the error is
+    printed once (test_error_under_torchrun_*); an out-of-memory names the micro_batch
+    (test_out_of_memory_*); settings that would waste a run are warned about (test_settings_*);
+  * no log line, sample or checkpoint is ever lost: finished runs, earlier logs, killed or failed
+    checkpoint writes (a full disk, a Ctrl-C), a second run into the same log dir, divergence
+    (test_finished_*, test_fresh_*, test_leftover_temp_*, test_failed_checkpoint_*,
+    test_interrupt_during_*, test_a_second_run_*, test_nan_*);
+  * a SIGTERM is answered within seconds even during an evaluation (test_sigterm_during_*), and
+    under `torchrun --max-restarts=1` a killed rank's job restarts and the same command runs on to
+    the end (test_killed_rank_*);
+  * Muon: its parameter groups cover every parameter once (test_muon_groups_*); config.json
+    records the resolved settings and the optimizers (test_config_json_*); checkpoints load
+    cleanly (test_checkpoints_*);
+  * --compile 1, --export, --benchmark, --help, the run summary (test_compile_*, test_export_*,
+    test_benchmark_*, test_help_*, test_run_ends_with_*); the LR schedule, the ETA, the device and
+    dtype choice (test_lr_schedule_*, test_logged_lr_*, test_times_*, test_count_due_*,
+    test_device_*).
 """
 
 import collections
@@ -43,9 +52,10 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import FIXTURE_HELLASWAG, MUON, REPO, RUN_TIMEOUT, SEQ_LEN, TINY, TRAIN_LENGTHS, VAL_TOKENS, \
-    assert_one_error_line, checkpoints, cli_env, export_logit_gap, ok, real_hellaswag_file, record_map, records, \
-    run_cli, state_dicts_equal, train_cmd, work_dir, write_hellaswag_dir, write_shards
+from helpers import (FIXTURE_HELLASWAG, MUON, REPO, RUN_TIMEOUT, SEQ_LEN, TINY, TRAIN_LENGTHS,
+                     VAL_TOKENS, assert_one_error_line, checkpoints, cli_env, export_logit_gap, ok,
+                     real_hellaswag_file, record_map, records, run_cli, state_dicts_equal,
+                     train_cmd, work_dir, write_hellaswag_dir, write_shards)
 
 COMPILE_TIMEOUT = 1500
 
@@ -56,7 +66,8 @@ COMPILE_TIMEOUT = 1500
 
 def start_cli(env, *args, out_path):
     out = open(out_path, "w")
-    return subprocess.Popen(train_cmd(*args), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out
+    return subprocess.Popen(train_cmd(*args), cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT), out
 
 
 def snapshot(directory):
@@ -78,7 +89,8 @@ def assert_user_error(proc, *needles):
 
 
 def run_main(capsys, *argv):
-    """main(argv) in this process, for command lines that fail before a run starts: -> (code, out, err)."""
+    """main(argv) in this process, for command lines that fail before a run starts:
+    -> (code, out, err)."""
     capsys.readouterr()  # only what main prints
     code = tg.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -87,7 +99,8 @@ def run_main(capsys, *argv):
 
 def assert_same_optimizer_states(a, b):
     """Checkpoints hold the optimizers' state by parameter name, as one dict."""
-    assert a["state"].keys() == b["state"].keys() and len(a["param_groups"]) == len(b["param_groups"])
+    assert a["state"].keys() == b["state"].keys() \
+        and len(a["param_groups"]) == len(b["param_groups"])
     for k in a["state"]:
         assert state_dicts_equal(a["state"][k], b["state"][k])
 
@@ -104,8 +117,9 @@ def work(tmp_path_factory):
 def reference_args(data, log_dir, *extra):
     """The uninterrupted run the resume and DDP tests compare against: a checkpoint and 2
     samples at every step, so a resume re-does a step that already wrote samples."""
-    return [*TINY, "--data_dir", data, "--log_dir", log_dir, "--shuffle", "1", "--checkpoint_every", "1",
-            "--sample_every", "1", "--num_samples", "2", "--sample_tokens", "8", *extra]
+    return [*TINY, "--data_dir", data, "--log_dir", log_dir, "--shuffle", "1",
+            "--checkpoint_every", "1", "--sample_every", "1", "--num_samples", "2",
+            "--sample_tokens", "8", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +154,8 @@ def test_ddp_matches_single_process(work, reference, reference_muon, optimizer):
     single = reference if optimizer == "adamw" else reference_muon
     extra = MUON if optimizer == "muon" else []
     ddp = work["root"] / f"ddp_{optimizer}"
-    ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", ddp, "--shuffle", "1", *extra, ddp=True))
+    ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", ddp, "--shuffle", "1",
+               *extra, ddp=True))
 
     # the two all-reduce the gradients in another order (fp32 rounding); Muon's Newton-Schulz runs
     # in bf16, which turns that rounding into ~1e-5 differences of the loss
@@ -149,7 +164,8 @@ def test_ddp_matches_single_process(work, reference, reference_muon, optimizer):
     expected_keys = {(s, "train") for s in range(6)} | {(s, "val") for s in (0, 3, 6)}
     assert set(a) == expected_keys and set(b) == expected_keys
     for key in sorted(expected_keys):
-        assert abs(float(a[key]) - float(b[key])) < tol, f"{key}: 1 process {a[key]}, 2 processes {b[key]}"
+        assert abs(float(a[key]) - float(b[key])) < tol, \
+            f"{key}: 1 process {a[key]}, 2 processes {b[key]}"
     for log_dir in (single, ddp):  # every record once
         keys = [(s, n) for s, n, _ in records(log_dir)]
         assert len(keys) == len(set(keys))
@@ -215,7 +231,8 @@ def signal_run_when(env, args, out_path, condition, what, signum, delay=0.0):
 def assert_resumed_run_equals(log_dir, reference, resumed_from):
     # every train/val record identical as a string, in the same order, and each once
     assert records(log_dir) == records(reference)
-    all_keys = [(s, n) for s, n, _ in records(log_dir, names=("train", "val", "lr", "norm", "dt", "tok/s", "elapsed"))]
+    all_keys = [(s, n) for s, n, _ in records(
+        log_dir, names=("train", "val", "lr", "norm", "dt", "tok/s", "elapsed"))]
     duplicates = [k for k, c in collections.Counter(all_keys).items() if c > 1]
     assert not duplicates, f"records logged twice: {duplicates}"
     # samples: no step twice, and the same text as the uninterrupted run (same weights, same seeds)
@@ -226,7 +243,8 @@ def assert_resumed_run_equals(log_dir, reference, resumed_from):
     assert state_dicts_equal(mine["model"], ref["model"])
     assert_same_optimizer_states(mine["optimizer"], ref["optimizer"])
     # config.json records where the run was resumed from; elapsed keeps counting across it
-    assert [os.path.basename(p) for p in json.loads((log_dir / "config.json").read_text())["resumed_from"]] == [resumed_from]
+    assert [os.path.basename(p) for p in json.loads(
+        (log_dir / "config.json").read_text())["resumed_from"]] == [resumed_from]
     elapsed = [float(v) for _, _, v in records(log_dir, names=("elapsed",))]
     assert elapsed == sorted(elapsed)
 
@@ -236,7 +254,8 @@ def test_kill_and_resume_is_exact(work, reference):
     args = reference_args(work["data"], log_dir)
     # kill once a checkpoint exists AND log.txt already holds a training record of a step at or
     # after it: the resume must then drop records (and samples) that it re-does
-    code, _, _ = signal_run_when(work["env"], args, work["root"] / "killed.out", lambda: logged_past_checkpoint(log_dir),
+    code, _, _ = signal_run_when(work["env"], args, work["root"] / "killed.out",
+                                 lambda: logged_past_checkpoint(log_dir),
                                  "a checkpoint and a record past it", signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert "model_00006.pt" not in checkpoints(log_dir), "killed too late to test anything"
@@ -251,7 +270,8 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(work, reference_muon):
     --resume then continues exactly, here with Muon's state in the checkpoint too."""
     log_dir = work["root"] / "sigterm_muon"
     args = reference_args(work["data"], log_dir, *MUON)
-    code, text, _ = signal_run_when(work["env"], args, work["root"] / "sigterm.out", lambda: logged_past_checkpoint(log_dir),
+    code, text, _ = signal_run_when(work["env"], args, work["root"] / "sigterm.out",
+                                    lambda: logged_past_checkpoint(log_dir),
                                     "a training record", signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, text[-3000:]
     assert "run the same command again to continue" in text and "Traceback" not in text
@@ -273,13 +293,16 @@ def test_sigterm_during_an_evaluation_is_answered_at_once(work):
     env = cli_env(write_hellaswag_dir(work["root"] / "hellaswag_2000", n=2000))
     args = [*TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--hellaswag_every", "3"]
     code, text, answered = signal_run_when(
-        env, args, work["root"] / "sigterm_eval.out", lambda: (log_dir / "log.txt").exists() and (0, "val") in record_map(log_dir),
+        env, args, work["root"] / "sigterm_eval.out",
+        lambda: (log_dir / "log.txt").exists() and (0, "val") in record_map(log_dir),
         "the step-0 validation", signal.SIGTERM, delay=0.5)  # HellaSwag is running by then
     assert code == 143, text[-3000:]
-    assert answered < 30, f"took {answered:.1f} s to stop (the whole eval: about 60 s on a quiet 2-core machine)"
+    assert answered < 30, \
+        f"took {answered:.1f} s to stop (the whole eval: about 60 s on a quiet 2-core machine)"
     assert checkpoints(log_dir) == ["model_00000.pt"]
     assert (0, "hella") not in record_map(log_dir, names=("hella",))
-    assert torch.load(log_dir / "model_00000.pt", map_location="cpu", weights_only=True)["evals_done"] is False
+    assert torch.load(log_dir / "model_00000.pt", map_location="cpu",
+                      weights_only=True)["evals_done"] is False
 
 
 def test_killed_rank_is_restarted_and_the_run_continues_to_its_end(work):
@@ -287,13 +310,14 @@ def test_killed_rank_is_restarted_and_the_run_continues_to_its_end(work):
     it again, and the same command continues from the last checkpoint to the end; nothing is
     logged twice and the checkpoints written before the kill are untouched."""
     log_dir = work["root"] / "dead_rank"
-    args = [*TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "24", "--val_every", "0",
-            "--checkpoint_every", "4"]
+    args = [*TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "24",
+            "--val_every", "0", "--checkpoint_every", "4"]
     out_path = work["root"] / "dead_rank.out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=1", "--nproc_per_node=2",
-           "train_gpt2.py", *map(str, args)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=1",
+           "--nproc_per_node=2", "train_gpt2.py", *map(str, args)]
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=work["env"], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=work["env"], stdout=out,
+                                stderr=subprocess.STDOUT)
         try:
             wait_for(proc, lambda: logged_past_checkpoint(log_dir, steps_past=2), "a checkpoint")
             rank1 = [pid for pid in worker_pids(proc.pid) if worker_rank(pid) == 1]
@@ -308,7 +332,8 @@ def test_killed_rank_is_restarted_and_the_run_continues_to_its_end(work):
     assert proc.returncode == 0, text[-5000:]
     assert "continuing from" in text and "done: 24 steps" in text
     after = snapshot(log_dir)
-    assert all(after[name] == v for name, v in before.items()), "a checkpoint written before the kill changed"
+    assert all(after[name] == v for name, v in before.items()), \
+        "a checkpoint written before the kill changed"
     steps = [s for s, n, _ in records(log_dir, names=("train",))]
     assert steps == list(range(24)), "a step is missing or logged twice"
 
@@ -349,9 +374,10 @@ LOADER_LENGTHS = (101, 57, 230, 7)  # 395 tokens; one shard shorter than a windo
 LOADER_SEQ = 8
 
 
-def make_loader(stream, seed=1337, shuffle=True, seqs_per_step=8, micro_batch=8, rank=0, world_size=1):
-    return tg.TrainLoader(stream, LOADER_SEQ, seed, shuffle, seqs_per_step=seqs_per_step, micro_batch=micro_batch,
-                          rank=rank, world_size=world_size)
+def make_loader(stream, seed=1337, shuffle=True, seqs_per_step=8, micro_batch=8, rank=0,
+                world_size=1):
+    return tg.TrainLoader(stream, LOADER_SEQ, seed, shuffle, seqs_per_step=seqs_per_step,
+                          micro_batch=micro_batch, rank=rank, world_size=world_size)
 
 
 def epoch_windows(loader, epoch):
@@ -366,7 +392,8 @@ def check_epoch_covers_stream(windows, lengths, seq_len):
         assert len(w) == seq_len + 1
         for a, b in zip(w, w[1:]):
             same_shard = b == a + 1 and b // 1000 == a // 1000
-            shard_change = a % 1000 == shard_len[a // 1000] - 1 and b % 1000 == 0 and b // 1000 != a // 1000
+            shard_change = (a % 1000 == shard_len[a // 1000] - 1 and b % 1000 == 0
+                            and b // 1000 != a // 1000)
             assert same_shard or shard_change, f"window is not contiguous at {a} -> {b}: {w}"
     targets = [t for w in windows for t in w[1:]]
     assert len(targets) == len(set(targets)), "a token is a target twice in one epoch"
@@ -379,7 +406,8 @@ def check_epoch_covers_stream(windows, lengths, seq_len):
     assert len(starts) == 1
     ends = sorted(missing - set(starts))
     s = ends[0] // 1000
-    assert ends == [1000 * s + o for o in range(lengths[s] - tail, lengths[s])], "left-out tokens are not the stream's end"
+    assert ends == [1000 * s + o for o in range(lengths[s] - tail, lengths[s])], \
+        "left-out tokens are not the stream's end"
 
 
 def test_loader_epochs_cover_every_token_once_and_reshuffle(tmp_path):
@@ -388,7 +416,8 @@ def test_loader_epochs_cover_every_token_once_and_reshuffle(tmp_path):
     epochs = [epoch_windows(loader, e) for e in range(3)]
     for windows in epochs:
         check_epoch_covers_stream(windows, LOADER_LENGTHS, LOADER_SEQ)
-    assert epochs[0] != epochs[1] and epochs[1] != epochs[2], "two epochs visit the windows in the same order"
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2], \
+        "two epochs visit the windows in the same order"
     assert sorted(epochs[0]) != epochs[0], "shuffle 1 left the windows in stream order"
     # the order is a function of (seed, epoch) only: a resumed run rebuilds it, any epoch first
     again = make_loader(position_stream(tmp_path, LOADER_LENGTHS))
@@ -399,7 +428,8 @@ def test_loader_epochs_cover_every_token_once_and_reshuffle(tmp_path):
 def test_loader_without_shuffle_repeats_stream_order(tmp_path):
     loader = make_loader(position_stream(tmp_path, LOADER_LENGTHS), shuffle=False)
     flat = np.concatenate([np.load(p) for p in loader.stream.paths]).astype(int)
-    in_order = [tuple(flat[i * LOADER_SEQ: i * LOADER_SEQ + LOADER_SEQ + 1]) for i in range(loader.n_windows)]
+    in_order = [tuple(flat[i * LOADER_SEQ: i * LOADER_SEQ + LOADER_SEQ + 1])
+                for i in range(loader.n_windows)]
     e0, e1 = epoch_windows(loader, 0), epoch_windows(loader, 1)
     check_epoch_covers_stream(e0, LOADER_LENGTHS, LOADER_SEQ)
     assert e0 == in_order and e1 == in_order
@@ -411,7 +441,8 @@ def test_loader_step_data_independent_of_layout(tmp_path, shuffle):
     runs differ only in who reads which), including a step that straddles an epoch end."""
     stream = position_stream(tmp_path, LOADER_LENGTHS)
     seqs_per_step = 8  # total_batch = 64 tokens; n_windows = 49, so step 6 crosses into epoch 1
-    layouts = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2), (2, 4), (4, 1), (4, 2), (8, 1)]  # (world, micro_batch)
+    # (world, micro_batch)
+    layouts = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2), (2, 4), (4, 1), (4, 2), (8, 1)]
     reference = make_loader(stream, seed=3, shuffle=shuffle)
     for step in range(8):
         expected = sorted(tuple(int(t) for t in reference.window(g))
@@ -419,13 +450,16 @@ def test_loader_step_data_independent_of_layout(tmp_path, shuffle):
         for world, micro_batch in layouts:
             rows = []
             for rank in range(world):
-                loader = make_loader(stream, seed=3, shuffle=shuffle, micro_batch=micro_batch, rank=rank, world_size=world)
+                loader = make_loader(stream, seed=3, shuffle=shuffle, micro_batch=micro_batch,
+                                     rank=rank, world_size=world)
                 for micro_step in range(seqs_per_step // (world * micro_batch)):
                     x, y = loader.batch(step, micro_step)
-                    assert x.is_contiguous() and y.is_contiguous()  # pinned copies need a contiguous source
+                    # pinned copies need a contiguous source
+                    assert x.is_contiguous() and y.is_contiguous()
                     assert torch.equal(x[:, 1:], y[:, :-1])
                     rows += [tuple(r) + (int(t),) for r, t in zip(x.tolist(), y[:, -1].tolist())]
-            assert sorted(rows) == expected, f"step {step}: world {world} x micro_batch {micro_batch} reads other data"
+            assert sorted(rows) == expected, \
+                f"step {step}: world {world} x micro_batch {micro_batch} reads other data"
             assert len(set(rows)) == seqs_per_step, "two ranks/micro-steps read the same sequence"
 
 
@@ -458,7 +492,8 @@ def test_val_loss_independent_of_micro_batch_and_world(tmp_path, monkeypatch):
     monkeypatch.setattr(tg, "all_reduce", lambda t, op=None: reduced.append(t.clone()) or t)
     for micro_batch in (1, 3, 4, 5, 12, 16):
         got = tg.evaluate_val(model, vs, micro_batch, cpu, amp)
-        assert abs(got - direct.item()) < 1e-6, f"micro_batch {micro_batch}: {got} vs {direct.item()}"
+        assert abs(got - direct.item()) < 1e-6, \
+            f"micro_batch {micro_batch}: {got} vs {direct.item()}"
         for world in (2, 5):
             reduced.clear()
             calls = []
@@ -469,8 +504,10 @@ def test_val_loss_independent_of_micro_batch_and_world(tmp_path, monkeypatch):
                 calls.append(len(stops))
             loss_sum, count = torch.stack(reduced).sum(0).tolist()
             assert count == vs.n_windows * 8
-            assert abs(loss_sum / count - direct.item()) < 1e-6, f"world {world} x micro_batch {micro_batch}"
-            assert len(set(calls)) == 1, f"ranks asked whether to stop {calls} times: a collective would hang"
+            assert abs(loss_sum / count - direct.item()) < 1e-6, \
+                f"world {world} x micro_batch {micro_batch}"
+            assert len(set(calls)) == 1, \
+                f"ranks asked whether to stop {calls} times: a collective would hang"
     assert model.training, "evaluate_val must leave the model in training mode"
     assert tg.evaluate_val(model, vs, 1, cpu, amp, should_stop=lambda: True) is None
     assert model.training
@@ -484,10 +521,12 @@ def test_bad_flags_one_line_each(capsys, tmp_path):
     """Every flag is checked before any work (in-process main(argv): the real parser and checks)."""
     base = [*TINY, "--data_dir", tmp_path / "no_data", "--log_dir", tmp_path / "log"]
     cases = [
-        (["--n_embd", "65"], "not divisible"), (["--n_head", "3"], "not divisible"), (["--n_head", "0"], "--n_head"),
-        (["--n_layer", "0"], "--n_layer"), (["--n_layer", "-1"], "--n_layer"), (["--block_size", "0"], "--block_size"),
-        (["--max_lr", "-1"], "--max_lr"), (["--max_lr", "nan"], "--max_lr"), (["--max_lr", "0"], "--max_lr"),
-        (["--seed", "-1"], "--seed"), (["--num_samples", "-1"], "--num_samples"), (["--device", "tpu"], "tpu"),
+        (["--n_embd", "65"], "not divisible"), (["--n_head", "3"], "not divisible"),
+        (["--n_head", "0"], "--n_head"), (["--n_layer", "0"], "--n_layer"),
+        (["--n_layer", "-1"], "--n_layer"), (["--block_size", "0"], "--block_size"),
+        (["--max_lr", "-1"], "--max_lr"), (["--max_lr", "nan"], "--max_lr"),
+        (["--max_lr", "0"], "--max_lr"), (["--seed", "-1"], "--seed"),
+        (["--num_samples", "-1"], "--num_samples"), (["--device", "tpu"], "tpu"),
         (["--device", "cuda:5"], "cuda:5"), (["--min_lr_ratio", "2"], "--min_lr_ratio"),
         (["--grad_clip", "-1"], "--grad_clip"), (["--weight_decay", "-1"], "--weight_decay"),
         (["--hellaswag_limit", "0"], "--hellaswag_limit"), (["--val_tokens", "0"], "--val_tokens"),
@@ -514,19 +553,27 @@ def test_muon_on_old_torch_says_which_torch_it_needs(capsys, tmp_path, monkeypat
 RESUMABLE_ERRORS = [
     ("missing_data_dir", ["--resume", "--data_dir", "{root}/no_such_dir"], ["does not exist"]),
     ("empty_data_dir", ["--resume", "--data_dir", "{bad_empty}"], ["train", "npy"]),
-    ("int32_shard", ["--resume", "--data_dir", "{bad_int32}"], ["tiny_train_000000.npy", "int32", "uint16"]),
-    ("garbage_npy", ["--resume", "--data_dir", "{bad_garbage}"], ["tiny_train_000001.npy", "not a readable"]),
-    ("token_past_gpt2_vocab", ["--resume", "--data_dir", "{bad_token}"], ["tiny_train_000002.npy", "50300", "GPT-2"]),
-    ("same_command_other_schedule", [], ["other settings", "max_steps 6 -> 7", "--log_dir", "--resume"]),
-    ("same_command_other_lr", ["--max_steps", "6", "--max_lr", "1e-3"], ["max_lr 0.0006 -> 0.001", "--log_dir"]),
-    ("total_batch_not_divisible", ["--resume", "--micro_batch", "4", "--total_batch", "192"], ["192", "1, 2, 3, 6"]),
-    ("resume_other_settings", ["--resume", "--n_embd", "32", "--seed", "7"], ["n_embd 64 -> 32", "seed 1337 -> 7"]),
+    ("int32_shard", ["--resume", "--data_dir", "{bad_int32}"],
+     ["tiny_train_000000.npy", "int32", "uint16"]),
+    ("garbage_npy", ["--resume", "--data_dir", "{bad_garbage}"],
+     ["tiny_train_000001.npy", "not a readable"]),
+    ("token_past_gpt2_vocab", ["--resume", "--data_dir", "{bad_token}"],
+     ["tiny_train_000002.npy", "50300", "GPT-2"]),
+    ("same_command_other_schedule", [],
+     ["other settings", "max_steps 6 -> 7", "--log_dir", "--resume"]),
+    ("same_command_other_lr", ["--max_steps", "6", "--max_lr", "1e-3"],
+     ["max_lr 0.0006 -> 0.001", "--log_dir"]),
+    ("total_batch_not_divisible", ["--resume", "--micro_batch", "4", "--total_batch", "192"],
+     ["192", "1, 2, 3, 6"]),
+    ("resume_other_settings", ["--resume", "--n_embd", "32", "--seed", "7"],
+     ["n_embd 64 -> 32", "seed 1337 -> 7"]),
     ("resume_other_optimizer", ["--resume", "--optimizer", "muon"], ["optimizer adamw -> muon"]),
     ("resume_missing_path", ["--resume", "{finished}/model_00099.pt"], ["model_00099.pt"]),
     ("resume_text_file", ["--resume", "{root}/notes.txt"], ["notes.txt", "not a checkpoint"]),
     ("resume_empty_file", ["--resume", "{root}/empty.pt"], ["empty.pt", "empty (0 bytes)"]),
     ("log_dir_is_a_file", ["--log_dir", "{root}/notes.txt"], ["is a file"]),
-    ("bad_hellaswag_row", ["--resume", "--hellaswag_every", "1"], ["hellaswag_val.jsonl", "line 2"]),
+    ("bad_hellaswag_row", ["--resume", "--hellaswag_every", "1"],
+     ["hellaswag_val.jsonl", "line 2"]),
 ]
 
 
@@ -550,14 +597,19 @@ def bad_data(work):
     return dirs
 
 
-@pytest.mark.parametrize("case,extra,needles", RESUMABLE_ERRORS, ids=[c[0] for c in RESUMABLE_ERRORS])
-def test_bad_input_leaves_finished_run_untouched(work, finished, bad_data, case, extra, needles, capsys, monkeypatch):
-    fill = {"root": work["root"], "finished": finished} | {f"bad_{k}": v for k, v in bad_data.items()}
+@pytest.mark.parametrize("case,extra,needles", RESUMABLE_ERRORS,
+                         ids=[c[0] for c in RESUMABLE_ERRORS])
+def test_bad_input_leaves_finished_run_untouched(work, finished, bad_data, case, extra, needles,
+                                                 capsys, monkeypatch):
+    fill = ({"root": work["root"], "finished": finished}
+            | {f"bad_{k}": v for k, v in bad_data.items()})
     extra = [a.format(**fill) for a in extra]
-    monkeypatch.setenv("HELLASWAG_DIR", str(bad_data["hellaswag"] if case == "bad_hellaswag_row" else work["hellaswag"]))
+    monkeypatch.setenv("HELLASWAG_DIR", str(
+        bad_data["hellaswag"] if case == "bad_hellaswag_row" else work["hellaswag"]))
     before = snapshot(finished)
     # --max_steps 7: past the finished run's end, so the resume would train if nothing stopped it
-    code, out, err = run_main(capsys, *reference_args(work["data"], finished), "--max_steps", "7", *extra)
+    code, out, err = run_main(capsys, *reference_args(work["data"], finished), "--max_steps", "7",
+                              *extra)
     assert_one_error_line(err, code, *needles)
     assert snapshot(finished) == before, "a failed start changed the finished run's files"
 
@@ -567,16 +619,18 @@ def test_bad_input_resume_without_checkpoint(work, capsys):
     log_dir.mkdir()
     (log_dir / "log.txt").write_text("0 val 10.8\n0 train 10.9\n")
     before = snapshot(log_dir)
-    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--resume")
+    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                            "--resume")
     assert_one_error_line(err, code, "no checkpoint")
     assert snapshot(log_dir) == before
 
 
 def test_error_under_torchrun_is_printed_once(work):
-    proc = run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", work["root"] / "ddp_err",
-                   "--vocab_size", "100", ddp=True)
+    proc = run_cli(work["env"], *TINY, "--data_dir", work["data"],
+                   "--log_dir", work["root"] / "ddp_err", "--vocab_size", "100", ddp=True)
     assert proc.returncode != 0
-    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines()
+              if line.startswith("error:")]
     assert len(errors) == 1 and "50257" in errors[0], proc.stderr[-3000:]
 
 
@@ -584,7 +638,8 @@ def test_error_under_torchrun_is_printed_once(work):
 
 
 def test_finished_run_run_again_says_so_and_changes_nothing(work, finished, capsys):
-    """The same command after the end (with or without --resume): exit 0, one line, no file touched."""
+    """The same command after the end (with or without --resume): exit 0, one line, no file
+    touched."""
     before = snapshot(finished)
     for extra in ([], ["--resume"]):
         code, out, err = run_main(capsys, *reference_args(work["data"], finished), *extra)
@@ -598,19 +653,22 @@ def test_fresh_run_keeps_the_logs_of_an_earlier_one(work):
     renamed after the time they were last written, beside those of an earlier crash."""
     log_dir = work["root"] / "earlier_logs"
     log_dir.mkdir()
-    (log_dir / "log.20010909-014640.txt").write_text("0 train 1.0\n")  # set aside after a first crash
+    # set aside after a first crash
+    (log_dir / "log.20010909-014640.txt").write_text("0 train 1.0\n")
     (log_dir / "log.txt").write_text("0 train 2.0\n")
     (log_dir / "samples.txt").write_text('0 sample0 "run 2"\n')
     for name, t in (("log.txt", 1e9 + 7200), ("samples.txt", 1e9)):  # the newest time names them
         os.utime(log_dir / name, (t, t))
-    proc = ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "1",
-                      "--sample_every", "1", "--num_samples", "1", "--sample_tokens", "4"))
+    proc = ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                      "--max_steps", "1", "--sample_every", "1", "--num_samples", "1",
+                      "--sample_tokens", "4"))
     assert "note: an earlier run left logs without checkpoints" in proc.stdout
     kept = sorted(p.name for p in log_dir.glob("log.*.txt"))
     assert len(kept) == 2, kept
     assert sorted((log_dir / k).read_text() for k in kept) == ["0 train 1.0\n", "0 train 2.0\n"]
     assert [p.read_text() for p in log_dir.glob("samples.*.txt")] == ['0 sample0 "run 2"\n']
-    assert (log_dir / "samples.txt").read_text().startswith("1 sample0 ")  # the new run's own samples only
+    # the new run's own samples only
+    assert (log_dir / "samples.txt").read_text().startswith("1 sample0 ")
     assert (log_dir / "log.txt").read_text().startswith("0 val ")
 
 
@@ -640,18 +698,22 @@ def test_failed_checkpoint_write_keeps_earlier_ones_and_says_so(work, capsys, mo
         calls.append(path)
         if len(calls) == 2:
             Path(path).write_bytes(b"partial")
-            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
-                               "file data/0: file write failed, unexpected pos 64")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                               "failed writing file data/0: file write failed, unexpected pos 64")
         real_save(obj, path)
 
     monkeypatch.setattr(tg.torch, "save", save)
-    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--checkpoint_every", "2")
-    assert_one_error_line(err, code, "cannot write checkpoint", "model_00004.pt", "file write failed", "intact")
+    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                            "--checkpoint_every", "2")
+    assert_one_error_line(err, code, "cannot write checkpoint", "model_00004.pt",
+                          "file write failed", "intact")
     assert checkpoints(log_dir) == ["model_00002.pt"] and not list(log_dir.glob("*.tmp"))
-    assert torch.load(log_dir / "model_00002.pt", map_location="cpu", weights_only=True)["step"] == 2
+    assert torch.load(log_dir / "model_00002.pt", map_location="cpu",
+                      weights_only=True)["step"] == 2
 
 
-def test_interrupt_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_one(work, capsys, monkeypatch):
+def test_interrupt_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_one(
+        work, capsys, monkeypatch):
     """A second Ctrl-C lands while the second checkpoint is being written: one line, exit 130,
     the first checkpoint whole and no temp file left."""
     log_dir = work["root"] / "ctrl_c"
@@ -664,18 +726,21 @@ def test_interrupt_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_o
         real_save(obj, path)
 
     monkeypatch.setattr(tg.torch, "save", save)
-    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--checkpoint_every", "2")
+    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                            "--checkpoint_every", "2")
     assert code == 130 and err.count("\n") == 1 and err.startswith("error: interrupted"), err
     assert checkpoints(log_dir) == ["model_00002.pt"] and not list(log_dir.glob("*.tmp"))
 
 
 def test_settings_that_would_silently_waste_a_run_are_warned_about(work, capsys):
     log_dir = work["root"] / "warnings"
-    code, out, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--max_steps", "2",
-                              "--warmup_steps", "2", "--val_every", "2", "--val_tokens", "100000")
+    code, out, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                              "--max_steps", "2", "--warmup_steps", "2", "--val_every", "2",
+                              "--val_tokens", "100000")
     assert code == 0
     assert "warning: --warmup_steps 2 >= --max_steps 2: the LR never reaches its peak" in err
-    assert "warning: --val_tokens 100,000 is more than the val shards hold; validating on all 4,992" in out
+    assert ("warning: --val_tokens 100,000 is more than the val shards hold; "
+            "validating on all 4,992") in out
 
 
 def test_out_of_memory_is_one_line_naming_the_micro_batch(work, capsys, monkeypatch):
@@ -685,7 +750,8 @@ def test_out_of_memory_is_one_line_naming_the_micro_batch(work, capsys, monkeypa
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.53 GiB")
 
     monkeypatch.setattr(tg.GPT, "forward", forward)
-    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--val_every", "0")
+    code, _, err = run_main(capsys, *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+                            "--val_every", "0")
     assert_one_error_line(err, code, "out of memory at --micro_batch 2", "cpu",
                           "--micro_batch values that divide --total_batch: 1, 2, 4, 8")
     assert not checkpoints(log_dir)
@@ -713,10 +779,11 @@ def test_nan_loss_stops_without_touching_checkpoints(work, reference):
     shutil.copytree(reference, log_dir)
     before = {n: v for n, v in snapshot(log_dir).items() if n.startswith("model_")}
     # resume at step 2 with samples due every step; update 2 with lr 1e30 leaves NaN weights
-    proc = run_cli(work["env"], *reference_args(work["data"], log_dir), "--resume", log_dir / "model_00002.pt",
-                   "--max_lr", "1e30")
+    proc = run_cli(work["env"], *reference_args(work["data"], log_dir),
+                   "--resume", log_dir / "model_00002.pt", "--max_lr", "1e30")
     line = assert_user_error(proc).lower()
-    assert any(word in line for word in ("nan", "inf", "finite", "diverg")), f"unclear message: {line}"
+    assert any(word in line for word in ("nan", "inf", "finite", "diverg")), \
+        f"unclear message: {line}"
     after = {n: v for n, v in snapshot(log_dir).items() if n.startswith("model_")}
     assert after == before, "a diverged run wrote or changed a checkpoint"
 
@@ -727,11 +794,13 @@ def test_nan_loss_stops_without_touching_checkpoints(work, reference):
 
 def test_config_json_holds_resolved_config(work, reference, reference_muon):
     config = json.loads((reference / "config.json").read_text())
-    for dest in set(vars(tg.get_args([]))) - {"benchmark", "steps", "export", "export_dir", "resume"}:
+    for dest in (set(vars(tg.get_args([])))
+                 - {"benchmark", "steps", "export", "export_dir", "resume"}):
         assert dest in config, f"config.json lacks the argument {dest}"
     assert config["command"].startswith("train_gpt2.py --n_layer 2") and "git_commit" in config
     assert config["ended_at"] and config["setting_changes"] == []
-    assert config["micro_batch"] == 2 and config["total_batch"] == 256 and config["seq_len"] == SEQ_LEN
+    assert config["micro_batch"] == 2 and config["total_batch"] == 256 \
+        and config["seq_len"] == SEQ_LEN
     assert config["world_size"] == 1 and config["grad_accum_steps"] == 256 // (2 * SEQ_LEN)
     cfg = tg.GPTConfig(**config["model_config"])  # round-trips
     assert asdict(cfg) == asdict(tg.GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64))
@@ -758,8 +827,10 @@ def test_muon_groups_cover_every_parameter_once(arch):
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(ids) == len(set(ids))
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
-    blocks_2d = {n for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2}
-    assert in_muon == blocks_2d and "transformer.wte.weight" not in in_muon  # embeddings and tied head: AdamW
+    blocks_2d = {n for n, p in model.named_parameters()
+                 if n.startswith("transformer.h.") and p.dim() == 2}
+    # the embeddings and the tied head: AdamW
+    assert in_muon == blocks_2d and "transformer.wte.weight" not in in_muon
     no_decay = {names[id(p)] for p in adamw.param_groups[1]["params"]}
     assert all(dict(model.named_parameters())[n].dim() == 1 for n in no_decay)
 
@@ -772,7 +843,8 @@ def test_checkpoints_are_clean_and_loadable(reference):
         ckpt = torch.load(reference / name, map_location="cpu", weights_only=True)
         assert ckpt["step"] == int(name[6:11]) and ckpt["evals_done"] is True
         assert not [k for k in ckpt["model"] if k.startswith(("module.", "_orig_mod."))]
-        assert tg.GPTConfig(**ckpt["config"]) == tg.GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64)
+        assert tg.GPTConfig(**ckpt["config"]) == tg.GPTConfig(
+            block_size=64, n_layer=2, n_head=2, n_embd=64)
         assert ckpt["args"]["seq_len"] == SEQ_LEN and len(ckpt["optimizer"]["param_groups"]) == 2
         final = ckpt
     model = tg.GPT(tg.GPTConfig(**final["config"]))
@@ -803,7 +875,8 @@ def test_export_loads_in_transformers_with_same_logits(work, reference, capsys):
 
 
 def test_benchmark_prints_one_json_line(work):
-    proc = ok(run_cli(work["env"], *TINY, *MUON, "--log_dir", work["root"] / "bench_unused", "--benchmark", "--steps", "3"))
+    proc = ok(run_cli(work["env"], *TINY, *MUON, "--log_dir", work["root"] / "bench_unused",
+                      "--benchmark", "--steps", "3"))
     results = []
     for line in proc.stdout.splitlines():
         with contextlib.suppress(ValueError):
@@ -812,7 +885,8 @@ def test_benchmark_prints_one_json_line(work):
                 results.append(obj)
     assert len(results) == 1, proc.stdout[-3000:]
     r = results[0]
-    for key in ("tokens_per_s", "mfu", "peak_mem_gib", "compile_s", "gpu", "step_ms", "world_size", "n_params"):
+    for key in ("tokens_per_s", "mfu", "peak_mem_gib", "compile_s", "gpu", "step_ms", "world_size",
+                "n_params"):
         assert key in r, f"benchmark JSON lacks {key}"
     assert r["tokens_per_s"] > 0 and r["mfu"] is None and r["gpu"] == "cpu" and r["steps"] == 3
     assert r["optimizer"] == "muon" and r["arch"] == "modern"
@@ -823,10 +897,10 @@ def test_benchmark_prints_one_json_line(work):
 def test_compile_runs_on_cpu_with_val_hellaswag_and_samples(work, reference):
     """Slow (inductor compiles a few graphs on 2 cores); kept small, but always run."""
     log_dir = work["root"] / "compiled"
-    ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", log_dir, "--shuffle", "1",
-               "--compile", "1", "--max_steps", "2", "--val_every", "1", "--hellaswag_every", "2",
-               "--hellaswag_limit", "8", "--sample_every", "2", "--num_samples", "2", "--sample_tokens", "8",
-               timeout=COMPILE_TIMEOUT))
+    ok(run_cli(work["env"], *TINY, "--data_dir", work["data"], "--log_dir", log_dir,
+               "--shuffle", "1", "--compile", "1", "--max_steps", "2", "--val_every", "1",
+               "--hellaswag_every", "2", "--hellaswag_limit", "8", "--sample_every", "2",
+               "--num_samples", "2", "--sample_tokens", "8", timeout=COMPILE_TIMEOUT))
     got = record_map(log_dir, names=("train", "val", "hella", "hella_acc"))
     assert {(s, "train") for s in (0, 1)} <= set(got)
     for step in (0, 2):
@@ -837,14 +911,16 @@ def test_compile_runs_on_cpu_with_val_hellaswag_and_samples(work, reference):
     # same init, data and first LRs as the eager reference run: compile must not change the math
     ref = record_map(reference)
     for key in ((0, "val"), (0, "train"), (1, "train")):
-        assert abs(float(got[key]) - float(ref[key])) < 1e-4, f"{key}: compiled {got[key]}, eager {ref[key]}"
+        assert abs(float(got[key]) - float(ref[key])) < 1e-4, \
+            f"{key}: compiled {got[key]}, eager {ref[key]}"
 
 
 def test_help_texts_and_one_default_each():
-    text = subprocess.run([sys.executable, "train_gpt2.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120).stdout
+    text = subprocess.run([sys.executable, "train_gpt2.py", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120).stdout
     options = text.split("options:", 1)[1]
-    entries = [e for e in __import__("re").split(r"\n  (?=-)", options) if e.strip().startswith("-")]
+    entries = [e for e in __import__("re").split(r"\n  (?=-)", options)
+               if e.strip().startswith("-")]
     parser_defaults = vars(tg.get_args([]))
     assert len(entries) >= len(parser_defaults)
     for entry in entries:
@@ -866,9 +942,11 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert f[0] == pytest.approx(1 / warmup) and f[warmup - 1] == pytest.approx(1.0) == f[warmup]
     assert all(a < b for a, b in zip(f[:warmup], f[1:warmup]))  # rising
     assert all(b <= a for a, b in zip(f[warmup:], f[warmup + 1:]))  # then never rising
-    assert f[(warmup + max_steps) // 2] == pytest.approx((1 + floor) / 2)  # a cosine: half-way at mid-decay
+    # a cosine: half-way at mid-decay
+    assert f[(warmup + max_steps) // 2] == pytest.approx((1 + floor) / 2)
     assert all(v == pytest.approx(floor) for v in f[max_steps:])
-    assert tg.lr_factor(0, 0, max_steps, floor) == pytest.approx(1.0)  # no warmup, no division by zero
+    # no warmup, no division by zero
+    assert tg.lr_factor(0, 0, max_steps, floor) == pytest.approx(1.0)
 
 
 def test_logged_lr_follows_schedule(reference):
@@ -879,7 +957,8 @@ def test_logged_lr_follows_schedule(reference):
 
 
 def test_times_are_rounded_to_the_minute():
-    assert [tg.hms(s) for s in (0, 29, 31, 33 * 60, 100 * 60, 7199, 7170, 3 * 3600 + 59.6 * 60)] == [
+    assert [tg.hms(s) for s in (0, 29, 31, 33 * 60, 100 * 60, 7199, 7170,
+                                3 * 3600 + 59.6 * 60)] == [
         "0h00m", "0h00m", "0h01m", "0h33m", "1h40m", "2h00m", "2h00m", "4h00m"]  # never "1h60m"
 
 
