@@ -369,8 +369,8 @@ def export_to_transformers(model, out_dir):
             with open(os.path.join(out_dir, ours), "wb") as f:
                 f.write(read_file_cached(base + theirs))
         # which class reads them: Llama and NanoChat folders have no GPT-2 tokenizer of their own
-        write_text(os.path.join(out_dir, "tokenizer_config.json"),
-                   json.dumps({"tokenizer_class": "GPT2Tokenizer"}) + "\n")
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "GPT2Tokenizer"}, f)
     except Exception as e:  # the weights work with any GPT-2 tokenizer
         print(f"note: no tokenizer files written ({e}); use AutoTokenizer.from_pretrained('gpt2')")
 

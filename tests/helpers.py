@@ -140,7 +140,8 @@ def state_dicts_equal(a, b):
 
 def export_logit_gap(ckpt_path, hf_dir):
     """The largest |logit| difference between a checkpoint and its transformers export (loaded
-    by AutoModelForCausalLM) on two seeded rows of 40 tokens; -> (gap, the export's logits shape)."""
+    by AutoModelForCausalLM) on two seeded rows of 40 tokens; -> (gap, the export's logits
+    shape)."""
     from transformers import AutoModelForCausalLM
 
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)

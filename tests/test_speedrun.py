@@ -20,13 +20,14 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import TINY, assert_one_error_line, checkpoints, export_logit_gap, ok, record_map, records, \
-    run_cli, state_dicts_equal, work_dir
+from helpers import TINY, assert_one_error_line, checkpoints, export_logit_gap, ok, record_map, \
+    records, run_cli, state_dicts_equal, work_dir
 from test_model import count_graphs
 
 # --recipe fast at the tiny shape; a low clip so that clipping acts at every step, a checkpoint
 # every 2 steps to continue from (6 steps: warmup 0-1, flat 2-4, cooldown from step 4.3)
-FAST = ["--recipe", "fast", *TINY, "--grad_clip", "0.05", "--checkpoint_every", "2", "--val_tokens", "320"]
+FAST = ["--recipe", "fast", *TINY, "--grad_clip", "0.05", "--checkpoint_every", "2",
+        "--val_tokens", "320"]
 ZERO_INIT = ("attn.c_proj.weight", "mlp.c_proj.weight")
 
 
@@ -80,7 +81,11 @@ def tiny_speedrun(seed=0, **overrides):
 def test_qk_norm_gives_each_head_unit_rms_q_and_k(monkeypatch):
     seen = []
     real = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(tg.F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append((q, k)) or real(q, k, v, **kw))
+    monkeypatch.setattr(
+        tg.F,
+        "scaled_dot_product_attention",
+        lambda q, k, v, **kw: seen.append((q, k)) or real(q, k, v, **kw),
+    )
     model = tiny_speedrun()
     with torch.no_grad():
         model.transformer.h[0].attn.c_attn.weight.mul_(7.0)  # far from unit RMS without the norm
@@ -97,16 +102,19 @@ def test_speedrun_shape_size_and_zero_init():
     args = tg.get_args(["--recipe", "fast"])
     tg.resolve_defaults(args, 4)
     config = tg.model_config_from_args(args)
-    assert (config.n_layer, config.n_embd, config.n_head, config.logit_softcap) == (12, 768, 6, 15.0)
+    shape = (config.n_layer, config.n_embd, config.n_head, config.logit_softcap)
+    assert shape == (12, 768, 6, 15.0)
     with torch.device("meta"):
         model = tg.GPT(config)
     names = dict(model.named_parameters())
     assert "lm_head.weight" in names and model.lm_head.weight is not model.transformer.wte.weight
     assert model.num_params() == 162_201_600  # 124M + the untied head's 38.6M
-    assert model.num_params(non_embedding=True) == 162_201_600 - 50304 * 768  # the head counts in 6N
+    # MFU's 6N leaves out the embedding lookup; the untied head is a matmul and counts
+    assert model.num_params(non_embedding=True) == 162_201_600 - 50304 * 768
     assert not [n for n in names if n.endswith(".bias") or "ln_" in n]  # no biases, no norm weights
-    states, activations = tg.memory_estimate(config, args, model.num_params(), sum(
-        p.numel() for p in tg.muon_params(model)), 4)
+    states, activations = tg.memory_estimate(
+        config, args, model.num_params(), sum(p.numel() for p in tg.muon_params(model)), 4
+    )
     assert states + activations < 0.9 * 24, "the README's 3090 command does not fit by the estimate"
     fresh = tiny_speedrun()
     for name, p in fresh.named_parameters():
@@ -118,7 +126,8 @@ def test_wsd_is_flat_then_falls_linearly_to_the_floor():
     f = [tg.lr_factor(s, warmup, max_steps, floor, "wsd", frac) for s in range(max_steps + 3)]
     assert f[:warmup] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(v == 1.0 for v in f[warmup:31])  # flat until the last 10 steps
-    assert f[30:max_steps + 1] == pytest.approx([floor + (1 - floor) * (40 - s) / 10 for s in range(30, 41)])
+    line = [floor + (1 - floor) * (40 - s) / 10 for s in range(30, 41)]
+    assert f[30:max_steps + 1] == pytest.approx(line)
     assert f[max_steps:] == pytest.approx([floor] * 3)
     # the default stays the cosine: the same numbers as build-nanogpt's formula
     assert tg.lr_factor(21, 3, 40, 0.1) == tg.lr_factor(21, 3, 40, 0.1, "cosine", None)
@@ -129,26 +138,35 @@ def test_wsd_is_flat_then_falls_linearly_to_the_floor():
 
 
 def test_recipe_values_resolve_under_explicit_flags():
-    args = tg.get_args(["--recipe", "fast", "--optimizer", "adamw", "--max_steps", "10", "--logit_softcap", "0"])
-    tg.resolve_defaults(args, 1)
-    assert (args.arch, args.optimizer, args.max_steps, args.logit_softcap) == ("speedrun", "adamw", 10, 0.0)
-    assert args.muon_lr is None and args.muon_adjust_lr is None  # Muon's settings only with Muon
-    assert (args.lr_schedule, args.cooldown_frac, args.warmup_steps, args.min_lr_ratio) == ("wsd", 0.286, 0, 0.0)
-    assert (args.embed_lr, args.head_lr, args.weight_decay) == (0.3, 0.002, 0.0)
-    plain = tg.get_args([])
-    tg.resolve_defaults(plain, 1)
-    assert (plain.arch, plain.optimizer, plain.lr_schedule, plain.max_steps, plain.max_lr, plain.warmup_steps,
-            plain.weight_decay, plain.min_lr_ratio) == ("gpt2", "adamw", "cosine", 19073, 6e-4, 715, 0.1, 0.1)
-    assert plain.cooldown_frac is None and plain.logit_softcap is None and plain.recipe is None
+    def resolved(*argv, names):
+        args = tg.get_args(list(argv))
+        tg.resolve_defaults(args, 1)
+        return tuple(getattr(args, name) for name in names.split())
+
+    fast = ("--recipe", "fast")
+    assert resolved(*fast, "--optimizer", "adamw", "--max_steps", "10", "--logit_softcap", "0",
+                    names="arch optimizer max_steps logit_softcap muon_lr muon_adjust_lr") == (
+        "speedrun", "adamw", 10, 0.0, None, None)  # Muon's settings only with Muon
+    assert resolved(*fast, names="lr_schedule cooldown_frac warmup_steps min_lr_ratio") == (
+        "wsd", 0.286, 0, 0.0)
+    assert resolved(*fast, names="embed_lr head_lr weight_decay muon_lr muon_adjust_lr") == (
+        0.3, 0.002, 0.0, 0.02, "original")
+    # no recipe: build-nanogpt's settings, and nothing of the new ones
+    assert resolved(names="arch optimizer lr_schedule max_steps max_lr warmup_steps weight_decay "
+                          "min_lr_ratio cooldown_frac logit_softcap recipe embed_lr") == (
+        "gpt2", "adamw", "cosine", 19073, 6e-4, 715, 0.1, 0.1, None, None, None, None)
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--logit_softcap", "15", "--arch", "gpt2"], "--logit_softcap is used only with --arch speedrun"),
+    (["--logit_softcap", "15", "--arch", "gpt2"],
+     "--logit_softcap is used only with --arch speedrun"),
     (["--logit_softcap", "-1"], "--logit_softcap"),
     (["--cooldown_frac", "1.5"], "--cooldown_frac"),
     (["--lr_schedule", "nope"], "--lr_schedule"),
     (["--arch", "nope"], "--arch"),
-    (["--recipe", "fast", "--lr_schedule", "cosine", "--cooldown_frac", "0.3"], "--cooldown_frac is used only"),
+    (["--recipe", "fast", "--lr_schedule", "cosine", "--cooldown_frac", "0.3"],
+     "--cooldown_frac is used only with --lr_schedule wsd"),
+    (["--embed_lr", "0.1", "--arch", "modern"], "--embed_lr is used only with --arch speedrun"),
 ])
 def test_bad_combinations_are_one_line(capsys, tmp_path, argv, needle):
     code = tg.main([*argv, "--log_dir", str(tmp_path / "log"), "--data_dir", str(tmp_path)])
@@ -178,10 +196,11 @@ def test_a_changed_recipe_setting_is_refused_or_recorded_with_resume(single):
 
 def test_fast_run_head_apart_weights_moved_and_wsd_logged(single):
     config = json.loads((single / "config.json").read_text())
-    assert config["recipe"] == "fast" and config["arch"] == "speedrun" and config["lr_schedule"] == "wsd"
-    assert config["optimizer_settings"]["muon"]["weight_decay"] == 0.0  # torch's Muon default is 0.1
-    assert config["optimizer_settings"]["muon"]["adjust_lr_fn"] == "original"
-    assert config["optimizer_settings"]["adamw"]["head_lr"] == 0.002
+    assert (config["recipe"], config["arch"], config["lr_schedule"]) == ("fast", "speedrun", "wsd")
+    muon, adamw = config["optimizer_settings"]["muon"], config["optimizer_settings"]["adamw"]
+    assert muon["weight_decay"] == 0.0  # torch's Muon default is 0.1
+    assert muon["adjust_lr_fn"] == "original"
+    assert (adamw["embed_lr"], adamw["head_lr"]) == (0.3, 0.002)
     final = load(single)
     sd = final["model"]
     assert sd["lm_head.weight"].data_ptr() != sd["transformer.wte.weight"].data_ptr()
@@ -192,7 +211,8 @@ def test_fast_run_head_apart_weights_moved_and_wsd_logged(single):
     # norm 0.05 clips every step; the logged LR is --max_lr times the WSD factor
     assert all(float(v) > 0.05 for _, _, v in records(single, names=("norm",)))
     for step, _, v in records(single, names=("lr",)):
-        assert float(v) == pytest.approx(1.8e-3 * tg.lr_factor(step, 2, 6, 0.0, "wsd", 0.286), rel=1e-6)
+        expected = 1.8e-3 * tg.lr_factor(step, 2, 6, 0.0, "wsd", 0.286)
+        assert float(v) == pytest.approx(expected, rel=1e-6)
 
 
 def assert_same_training(a_dir, b_dir, what):
@@ -203,10 +223,11 @@ def assert_same_training(a_dir, b_dir, what):
     the nearly rank-1 gradients of a head that was zero a step before, whose orthogonalised
     directions such a flip changes (measured: 1-2e-2 after its first update, ~0.15 after five;
     the losses still agree to 1e-5)."""
-    a, b = record_map(a_dir, names=("train", "val", "norm")), record_map(b_dir, names=("train", "val", "norm"))
+    a, b = (record_map(d, names=("train", "val", "norm")) for d in (a_dir, b_dir))
     assert set(a) == set(b) and {(s, n) for s in range(6) for n in ("train", "norm")} <= set(a)
     for key in sorted(a):
-        assert abs(float(a[key]) - float(b[key])) < 1e-4, f"{key}: {what[0]} {a[key]}, {what[1]} {b[key]}"
+        gap = abs(float(a[key]) - float(b[key]))
+        assert gap < 1e-4, f"{key}: {what[0]} {a[key]}, {what[1]} {b[key]}"
     mine, ref = load(b_dir), load(a_dir)
     assert mine["model"].keys() == ref["model"].keys()
     assert mine["optimizer"]["state"].keys() == ref["optimizer"]["state"].keys()
@@ -232,7 +253,8 @@ def test_fast_run_continues_bit_for_bit(work, single, capsys):
     for name in checkpoints(log_dir):
         if int(name[6:11]) > 2:
             (log_dir / name).unlink()
-    assert f"continuing from {log_dir / 'model_00002.pt'}" in run_main(fast_argv(work, log_dir), capsys)
+    printed = run_main(fast_argv(work, log_dir), capsys)
+    assert f"continuing from {log_dir / 'model_00002.pt'}" in printed
     assert records(log_dir) == records(single)
     mine, ref = load(log_dir), load(single)
     assert state_dicts_equal(mine["model"], ref["model"])
@@ -261,7 +283,8 @@ def test_export_is_nanochat_with_the_same_logits_and_generates(work, single, cap
     assert "NanoChatForCausalLM" in capsys.readouterr().out
     gap, shape = export_logit_gap(single / "model_00006.pt", out)
     assert shape == (2, 40, tg.GPT2_VOCAB) and gap < 1e-5
-    text = pipeline("text-generation", model=str(out))("Hello, I'm", max_new_tokens=4, do_sample=False)
+    generate = pipeline("text-generation", model=str(out))
+    text = generate("Hello, I'm", max_new_tokens=4, do_sample=False)
     assert text[0]["generated_text"].startswith("Hello, I'm")
     # logits beyond the cap: the soft-cap is part of the export
     model = tiny_speedrun().eval()
