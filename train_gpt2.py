@@ -12,10 +12,11 @@ The file reads top to bottom, in the order of the lecture:
   1. the model: GPT-2 (or --arch modern: RoPE + SwiGLU + RMSNorm; --arch speedrun: the
      modded-nanogpt block), its loss, sampling, export;
   2. the data: uint16 shards read as one stream, a loader indexed by step, the val set;
-  3. the optimizer and the learning-rate schedule (AdamW, or Muon for the block matrices);
+  3. the optimizer and the learning-rate schedule (AdamW, or Muon for the block matrices;
+     cosine or warmup-stable-decay);
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
-  6. the arguments;
+  6. the arguments, and --recipe fast (the speedrun's settings in one flag);
   7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), the log; then train():
      start_run (every check), build_model, restore (continue) or start, and the loop:
      evaluate, sample, checkpoint, the training step, log;
