@@ -449,15 +449,23 @@ def make_executor(workers):
     return ProcessPoolExecutor(workers, initializer=_worker_init)
 
 
-def positive_int(s):
-    """argparse type that also takes 1e8 and 100_000_000."""
+def positive_int(s, high=None):
+    """argparse type that also takes 1e8 and 100_000_000 (and, given high, at most that)."""
     try:
         v = float(s.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not v.is_integer() or v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number: {s!r}")
+    if not v.is_integer() or v < 1 or v > (high or v):
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {high:,}: {s!r}"
+                                         if high else f"must be a positive whole number: {s!r}")
     return int(v)
+
+
+def path_arg(s):
+    """argparse type: a path, not the empty string (which would mean the current folder)."""
+    if not s:
+        raise argparse.ArgumentTypeError("an empty path")
+    return s
 
 
 def parse_args(argv=None):
@@ -467,20 +475,21 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=list(DATASETS), default="edu-10BT",
                    help="hub dataset; also picks the shard prefix and the --local_dir if not given "
                         "(default: %(default)s)")
-    p.add_argument("--source", nargs="+", metavar="PATH",
+    p.add_argument("--source", nargs="+", metavar="PATH", type=path_arg,
                    help="local .jsonl/.jsonl.gz/.parquet/.txt files or folders (searched "
                         "recursively) to read instead of the hub; a .txt file is one document")
-    p.add_argument("--local_dir", help="output folder; without it, the --dataset's folder beside "
-                   "this script (e.g. edu_fineweb10B)")
-    p.add_argument("--shard_size", type=positive_int, default=int(1e8),
-                   help="tokens per shard (1e8 and 100_000_000 work too); shard 0 is the val "
-                        "shard (default: %(default)s)")
+    p.add_argument("--local_dir", type=path_arg, help="output folder; without it, the "
+                   "--dataset's folder beside this script (e.g. edu_fineweb10B)")
+    p.add_argument("--shard_size", type=functools.partial(positive_int, high=int(4e9)),
+                   default=int(1e8), help="tokens per shard (1e8 and 100_000_000 work too), at "
+                   "most 4e9 (held in memory, 2 bytes each); shard 0 is the val shard (default: "
+                   "%(default)s)")
     p.add_argument("--max_tokens", type=positive_int,
                    help="stop after this many tokens (more than --shard_size); without it, "
                         "all of the input")
-    p.add_argument("--workers", type=positive_int, default=cores,
-                   help="encoder processes that parse and tokenize: all cores of this machine "
-                        "(default: %(default)s)")
+    p.add_argument("--workers", type=functools.partial(positive_int, high=4 * cores),
+                   default=cores, help="encoder processes that parse and tokenize, at most 4 per "
+                   "core: all cores of this machine (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -633,6 +642,10 @@ def main(argv=None):
     except BrokenProcessPool:
         print("error: an encoder process died (out of memory? try fewer --workers); finished "
               "shards are kept, re-run to resume", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; pass a smaller --shard_size or fewer --workers (finished "
+              "shards are kept)", file=sys.stderr)
         return 1
     except OSError as e:  # the output side: disk full, no permission, ...
         print(f"error: {e}; fix that and re-run (finished shards are kept)", file=sys.stderr)

@@ -37,6 +37,12 @@ class HellaSwagError(Exception):
 def _one_line(e):
     return " ".join(str(e).split()) or type(e).__name__
 
+
+def is_out_of_memory(e):
+    """CUDA's OutOfMemoryError, numpy's MemoryError or the CPU allocator's RuntimeError."""
+    return (isinstance(e, (torch.OutOfMemoryError, MemoryError))
+            or "DefaultCPUAllocator: can't allocate memory" in str(e))
+
 # -----------------------------------------------------------------------------
 # data: downloaded once into a cache dir, every line checked before any model runs
 
@@ -317,6 +323,7 @@ def evaluate(model, examples, device, *, autocast=None, rank=0, world_size=1, ba
 # command line: any transformers causal LM that uses GPT-2's tokenizer
 
 
+MAX_BATCH = 4096  # examples per forward; more fit no card (a 100-token row's logits: 10 MB)
 AUTOCAST = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -337,7 +344,8 @@ def build_parser():
     add("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     add("--dtype", default="auto", choices=list(AUTOCAST), help="autocast: auto = bf16 on CUDA "
         "with compute capability >= 8, fp16 on older CUDA, fp32 (none) on CPU and MPS")
-    add("--batch_size", type=int, default=None, help="examples per forward (None: 32 GPU, 8 CPU)")
+    add("--batch_size", type=int, default=None, help=f"examples per forward, <= {MAX_BATCH} (None: "
+        "32 GPU, 8 CPU)")
     add("--compile", type=int, default=0, choices=[0, 1], help="1: torch.compile the model")
     add("--data_dir", default=None,
         help="folder of the jsonl files (None: $HELLASWAG_DIR, else hellaswag/ beside this file)")
@@ -384,6 +392,8 @@ def main(argv=None):
         for flag in ("limit", "batch_size"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise HellaSwagError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+        if (args.batch_size or 0) > MAX_BATCH:
+            raise HellaSwagError(f"--batch_size must be <= {MAX_BATCH}, got {args.batch_size}")
         device = resolve_device(args.device)
         amp = choose_autocast(args.dtype, device)[1]
         examples = load_examples(args.split, args.data_dir, args.limit)  # before the model loads
@@ -393,6 +403,12 @@ def main(argv=None):
                           progress=True)
     except HellaSwagError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: out of memory at --batch_size {args.batch_size or 'default'}; pass a "
+              f"smaller --batch_size", file=sys.stderr)
         sys.exit(1)
     print(json.dumps({"examples": result["examples"], "acc": result["acc"],
                       "acc_norm": result["acc_norm"], "seconds": round(result["seconds"], 3)}))

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import fcntl
 import glob
+import inspect
 import json
 import math
 import os
@@ -707,6 +708,25 @@ def cut_back_log(path, step, keep_evals):
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
 
 
+def check_folder(path, flag, master=True, device="cpu"):
+    """Rank 0 makes the missing folders of --log_dir / --export_dir (and removes them again)
+    before the work starts: a UserError on every rank if it cannot."""
+    error, missing, parent = None, [], os.path.abspath(path)
+    while master and not os.path.lexists(parent):  # the folders to make, deepest first
+        missing, parent = missing + [parent], os.path.dirname(parent)
+    try:
+        if master and not os.path.isdir(parent):
+            error = f"{flag} {path}: {parent} is a file, not a folder; pass another {flag}"
+        elif master:
+            os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        error = f"{flag} {path} cannot be made ({e.strerror}); pass a folder you can write to"
+    for folder in filter(os.path.isdir, missing):  # those it made
+        os.rmdir(folder)
+    if any_rank(error, device):
+        raise UserError(error)
+
+
 def lock_log_dir(log_dir):
     """Create --log_dir and lock it for as long as this process lives (the kernel drops the lock
     when the process dies, however it dies): two runs never write into one log dir."""
@@ -852,6 +872,8 @@ def get_args(argv=None):
                        "a command again continues its run.", formatter_class=HelpFormatter)
     a, pos, nonneg = p.add_argument, number(low=1), number()
     positive = number(float, 0, low_open=True)
+    # an LR <= 1e30, far from float32's limit 3.4e38 (AdamW's step divides it by 1 - 0.9 and more)
+    lr = number(float, 0, 1e30, low_open=True)
     a("--data_dir", default="edu_fineweb10B", help="folder of *_{val,train}_NNNNNN.npy shards")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
@@ -876,14 +898,14 @@ def get_args(argv=None):
       "speedrun; fast: 0)")
     a("--optimizer", choices=["adamw", "muon"], help="muon: torch.optim.Muon (torch >= 2.9) for "
       "the block matrices, AdamW for the rest (default: adamw)")
-    a("--max_lr", type=positive, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
+    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
       "speedrun)")
-    a("--muon_lr", type=positive, help="peak Muon LR (default: 2 x --max_lr)")
+    a("--muon_lr", type=lr, help="peak Muon LR (default: 2 x --max_lr)")
     a("--muon_adjust_lr", choices=["match_rms_adamw", "original"], help="Muon's LR per matrix "
       "shape (torch's adjust_lr_fn; default: match_rms_adamw, fast: original)")
-    a("--embed_lr", type=positive, help="speedrun: peak AdamW LR of the token embedding "
+    a("--embed_lr", type=lr, help="speedrun: peak AdamW LR of the token embedding "
       "(default: --max_lr)")
-    a("--head_lr", type=positive, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
+    a("--head_lr", type=lr, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
     a("--lr_schedule", choices=["cosine", "wsd"], help="cosine (build-nanogpt's) or wsd: flat, "
       "then linear to the floor (default: cosine)")
     a("--cooldown_frac", type=number(float, 0, 1), help="wsd: the LR falls over this last "
@@ -892,7 +914,7 @@ def get_args(argv=None):
     a("--min_lr_ratio", type=number(float, 0, 1), help="final LR / peak LR (default: 0.1)")
     a("--weight_decay", type=number(float), help="decoupled weight decay (default: 0.1)")
     a("--grad_clip", type=number(float), default=1.0, help="max global grad norm; 0 = none")
-    a("--seed", type=nonneg, default=1337, help="model init and data order")
+    a("--seed", type=number(high=2**63 - 1), default=1337, help="model init and data order")
     a("--shuffle", type=int, default=1, choices=[0, 1], help="reshuffle shards and sequences "
       "every epoch")
     a("--val_every", type=nonneg, default=250, help="steps between validations (0 = off)")
@@ -900,10 +922,11 @@ def get_args(argv=None):
     a("--hellaswag_every", type=nonneg, default=250, help="steps between HellaSwag evals (0 = off)")
     a("--hellaswag_limit", type=pos, help="the first N HellaSwag examples only (default: all "
       "10,042); rows longer than the block keep their last block-size tokens")
-    a("--hellaswag_batch", type=pos, help="HellaSwag examples per forward (default: 32 GPU, 8 CPU)")
+    a("--hellaswag_batch", type=number(low=1, high=hellaswag.MAX_BATCH), help="HellaSwag examples "
+      f"per forward, <= {hellaswag.MAX_BATCH} (default: 32 GPU, 8 CPU)")
     a("--sample_every", type=nonneg, default=250, help="steps between text samples (0 = off)")
     a("--sample_prompt", default="Hello, I'm a language model,", help="prompt of the samples")
-    a("--num_samples", type=pos, default=4, help="samples each time")
+    a("--num_samples", type=number(low=1, high=1000), default=4, help="samples each time, <= 1000")
     a("--sample_tokens", type=pos, default=32, help="tokens per sample")
     a("--checkpoint_every", type=nonneg, default=5000, help="steps between checkpoints (0 = the "
       "final one only)")
@@ -989,6 +1012,8 @@ def validate_args(args, world_size):
     if args.val_every and args.val_tokens < args.seq_len:
         raise UserError(f"--val_tokens {args.val_tokens} is less than one sequence of --seq_len "
                         f"{args.seq_len} (or pass --val_every 0)")
+    if args.sample_every and not args.sample_prompt:
+        raise UserError("--sample_prompt is empty; give a prompt, or --sample_every 0")
     for name, (setting, value) in NEEDS.items():  # resolve_defaults fills these only if used
         if getattr(args, name) is not None and getattr(args, setting) != value:
             raise UserError(f"--{name} is used only with --{setting} {value}")
@@ -1116,6 +1141,12 @@ def all_reduce(t, op=dist.ReduceOp.SUM):
     return t
 
 
+# DDP's keyword for "no buffer broadcast before each forward": broadcast_buffers before torch
+# 2.13, which deprecates it (with a FutureWarning) for forward_sync_buffers
+DDP_NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+    nn.parallel.DistributedDataParallel).parameters else "broadcast_buffers": False}
+
+
 def any_rank(flag, device):
     """True on every rank if it is true on any rank (a collective under torchrun): how one rank's
     failure or stop request becomes every rank's."""
@@ -1153,6 +1184,20 @@ def memory_estimate(config, args, n_params, n_muon, world_size):
     per_logit = 10 if config.logit_softcap else 6
     activations = args.micro_batch * args.seq_len * (per_token + per_logit * config.vocab_size)
     return states / 2**30, activations / 2**30
+
+
+def check_cpu_memory(args, config, device, world_size):
+    """On CPU, before the model is built: a run that memory_estimate() says cannot fit in this
+    machine's RAM is refused (the estimate is low there: activations in fp32, not bf16)."""
+    C, H, processes = config.n_embd, mlp_hidden_size(config), os.environ.get("LOCAL_WORLD_SIZE", 1)
+    per_layer = 4 * C * C + (2 if config.arch == "gpt2" else 3) * C * H  # attention + MLP
+    n_params = config.n_layer * per_layer + (config.vocab_size + config.block_size) * C
+    need = sum(memory_estimate(config, args, n_params, 0, world_size)) * int(processes)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if device.type == "cpu" and need > ram:
+        raise UserError(f"this run needs ~{need:,.0f} GiB by estimate, more than the {ram:,.0f} "
+                        f"GiB here: a smaller model, or --micro_batch "
+                        f"{micro_batch_options(args, world_size)}")
 
 
 # dense bf16 tensor-core peaks in FLOP/s, for MFU (matched against the device name)
@@ -1572,6 +1617,7 @@ def start_run(args):
     run = Run(args, rank, world_size, device, dtype, autocast_ctx(device.type, dtype), compiled,
               grad_accum, model_config_from_args(args),
               RunLog(None if args.benchmark else args.log_dir, rank == 0), task_seconds={})
+    check_cpu_memory(args, run.model_config, device, world_size)
     if args.warmup_steps >= args.max_steps and not args.benchmark:
         run.log.print(f"warning: --warmup_steps {args.warmup_steps} >= --max_steps "
                       f"{args.max_steps}: the LR never reaches its peak", file=sys.stderr)
@@ -1579,8 +1625,7 @@ def start_run(args):
     if args.benchmark:
         run.loader = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank)
     else:
-        if os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
-            raise UserError(f"--log_dir {args.log_dir} is a file; pass a folder")
+        check_folder(args.log_dir, "--log_dir", rank == 0, device)
         run.ckpt_path, ckpt = find_checkpoint(args)
         if ckpt is not None:
             run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
@@ -1607,11 +1652,11 @@ def build_model(run):
         shard_model(run.raw_model, run.dtype)
     run.model = torch.compile(run.raw_model) if run.compiled else run.raw_model
     if dist.is_initialized() and not args.fsdp:
-        # no buffers to broadcast (the RoPE tables derive from the config), and the gradients as
-        # views into the all-reduce buckets: one copy of them less
+        # no buffers to broadcast before each forward (the RoPE tables derive from the config),
+        # and the gradients as views into the all-reduce buckets: one copy of them less
         run.model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+            gradient_as_bucket_view=True, **DDP_NO_BUFFER_SYNC)
     run.optimizers, run.optimizer_settings = configure_optimizers(run.raw_model, args,
                                                                   device.type)
     # each group's peak LR, as configured (before a checkpoint overwrites the groups' "lr")
@@ -1972,9 +2017,8 @@ def run_targets(args, previous, start_step):
 
 def export_checkpoint(path, out_dir):
     """--export: one of our checkpoints -> a transformers folder."""
-    out_dir = out_dir or os.path.splitext(path)[0] + "_hf"
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--export_dir {out_dir} is a file; pass a folder")
+    out_dir = os.path.splitext(path)[0] + "_hf" if out_dir is None else out_dir
+    check_folder(out_dir, "--export_dir")
     ckpt = read_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
@@ -1986,7 +2030,7 @@ def export_checkpoint(path, out_dir):
 
 
 def out_of_memory_error(args):
-    """The one line for a torch.OutOfMemoryError, on whichever rank met it."""
+    """The one line for running out of memory (CUDA's or the CPU's), on whichever rank met it."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     card = device_name(device)
@@ -2005,7 +2049,7 @@ def main(argv=None):
     try:
         args = get_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else map(str, argv))
-        if args.export:
+        if args.export is not None:
             export_checkpoint(args.export, args.export_dir)
             return 0
         return train(args)
@@ -2017,7 +2061,9 @@ def main(argv=None):
         if master:
             print(f"error: {e}", file=sys.stderr)
         return 1
-    except torch.OutOfMemoryError:  # nothing was saved: the last checkpoint stands
+    except (RuntimeError, MemoryError) as e:  # nothing was saved: the last checkpoint stands
+        if not hellaswag.is_out_of_memory(e):  # CUDA's, numpy's or the CPU allocator's
+            raise
         print(f"error: {out_of_memory_error(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # atomic writes leave the last checkpoint whole

@@ -6,7 +6,8 @@ copied beside them. From the repo root: `from results import write_training_para
     python results/write_training_params.py LOG_DIR [--out DIR] [--force]
 
 (--out defaults to results/<LOG_DIR's name>). log.txt is read by train_gpt2.read_log, the one
-reader of the format that train_gpt2.RunLog writes.
+reader of the format that train_gpt2.RunLog writes. Bad input: one line `error: ...` on stderr
+and exit code 1 (arguments argparse cannot parse: its usage line and exit code 2).
 """
 
 import argparse
@@ -470,12 +471,19 @@ def write_training_params(log_dir, out_dir=None, figure_path=None, force=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="log.txt + config.json -> results/<run>/training_params.md + loss.png")
-    p.add_argument("log_dir", help="the run's --log_dir (with log.txt and config.json), or its log.txt")
-    p.add_argument("--out", help="the results folder to write (default: results/<name of the log dir>)")
+    p = argparse.ArgumentParser(description="log.txt + config.json -> "
+                                "results/<run>/training_params.md + loss.png")
+    p.add_argument("log_dir", help="the run's --log_dir (with log.txt and config.json), or its "
+                   "log.txt")
+    p.add_argument("--out", help="the results folder to write (default: results/<name of the log "
+                   "dir>)")
     p.add_argument("--force", action="store_true", help="replace another run's files in --out")
     args = p.parse_args(argv)
     try:
+        if not args.log_dir or args.out == "":  # "" would mean the current folder
+            raise RunError("LOG_DIR or --out is an empty path; pass folders")
+        if args.out and os.path.isfile(args.out):
+            raise RunError(f"--out {args.out} is a file; pass a folder")
         md_path = write_training_params(args.log_dir, args.out, force=args.force)
     except (RunError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,7 +21,8 @@ import pytest
 import fineweb
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpus"  # CI clones the repo beside shared/
+# CI clones the repo beside shared/
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpus"
 
 EOT = 50256
 PREFIX = "edufineweb"
@@ -37,10 +38,12 @@ def enc():
     return tiktoken.get_encoding("gpt2")
 
 
-WORDS = ("the of and to in is was for on that with as by at from his her an were are which this be or "
-         "photosynthesis mitochondria equation velocity Constitution amendment theorem derivative "
-         "café naïve résumé Zürich 東京 数学 Москва 🙂 🚀 1,234.56 3.14159 x^2 sqrt(a/b) e-mail "
-         "don't can't I'm you're").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from his her an were are which this be or "
+    "photosynthesis mitochondria equation velocity Constitution amendment theorem derivative "
+    "café naïve résumé Zürich 東京 数学 Москва 🙂 🚀 1,234.56 3.14159 x^2 sqrt(a/b) e-mail "
+    "don't can't I'm you're"
+).split()
 
 
 def make_docs(n, seed, mean_words=60):
@@ -59,7 +62,12 @@ def make_docs(n, seed, mean_words=60):
 
 # edge-case documents every input gets: empty (skipped, no EOT), whitespace only, a literal special
 # token (must stay ordinary text), and one long document that spans several small shards
-EDGE_DOCS = ["", "   \n ", "a literal <|endoftext|> inside stays plain text", " ".join(make_docs(40, 99))]
+EDGE_DOCS = [
+    "",
+    "   \n ",
+    "a literal <|endoftext|> inside stays plain text",
+    " ".join(make_docs(40, 99)),
+]
 
 
 def reference_tokens(enc, texts, max_tokens=None):
@@ -107,7 +115,8 @@ def assert_shards(out_dir, expected, old_entries=0):
 
 def check_manifest(out_dir, manifest, old_entries=0):
     """Shard records chain up: token offsets add up, each shard starts where the previous ended;
-    max_token is the shard's largest token id (the first old_entries come from a manifest without it)."""
+    max_token is the shard's largest token id (the first old_entries come from a manifest
+    without it)."""
     token_start, pos = 0, (0, 0)
     for i, s in enumerate(manifest["shards"]):
         assert s["index"] == i and s["token_start"] == token_start
@@ -116,7 +125,9 @@ def check_manifest(out_dir, manifest, old_entries=0):
         if i < old_entries:
             assert "max_token" not in s
         else:
-            assert type(s["max_token"]) is int and s["max_token"] == int(np.load(Path(out_dir) / s["file"]).max())
+            assert type(s["max_token"]) is int and s["max_token"] == int(
+                np.load(Path(out_dir) / s["file"]).max()
+            )
         token_start += s["tokens"]
         pos = (s["end_doc"], s["end_offset"])
 
@@ -144,8 +155,14 @@ def write_parquet(path, texts, extra_cols=None, row_group_size=None):
 
 
 def run_cli(*args, env=None, timeout=120, cwd=None):
-    return subprocess.run([sys.executable, str(REPO / "fineweb.py"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(REPO / "fineweb.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def run_main(capsys, *args):
@@ -185,7 +202,9 @@ def test_jsonl_matches_reference(tmp_path, enc):
     expected = reference_shards(enc, texts, 1000)
     assert len(expected) >= 5
     manifest = assert_shards(out, expected)
-    assert manifest["totals"] == dict(docs=len(texts), tokens=sum(map(len, expected.values())), shards=len(expected))
+    assert manifest["totals"] == dict(
+        docs=len(texts), tokens=sum(map(len, expected.values())), shards=len(expected)
+    )
     assert any(s["end_offset"] > 0 for s in manifest["shards"])  # boundaries do cut documents
     assert f"{len(texts):,} documents" in r.stdout and "done:" in r.stdout
 
@@ -194,10 +213,25 @@ def test_mixed_formats_folder_and_schemas(tmp_path, enc):
     """jsonl.gz + parquet + jsonl + txt with different extra columns, a folder searched recursively
     (sorted), plus an explicit file after it; unrelated files in the folder are ignored."""
     d = tmp_path / "data"
-    a, b, c, t, extra = make_docs(50, 3), make_docs(40, 4), make_docs(30, 5), "A whole .txt file\n\nis one document.\n", make_docs(20, 6)
-    write_jsonl(d / "a.jsonl.gz", a, extra=lambda i: {"id": f"<urn:{i}>", "url": "http://x", "score": 0.5}, gz=True)
-    write_parquet(d / "b" / "c.parquet", b, extra_cols={"score": [float(i) for i in range(len(b))], "lang": ["en"] * len(b)},
-                  row_group_size=7)
+    a, b, c, t, extra = (
+        make_docs(50, 3),
+        make_docs(40, 4),
+        make_docs(30, 5),
+        "A whole .txt file\n\nis one document.\n",
+        make_docs(20, 6),
+    )
+    write_jsonl(
+        d / "a.jsonl.gz",
+        a,
+        extra=lambda i: {"id": f"<urn:{i}>", "url": "http://x", "score": 0.5},
+        gz=True,
+    )
+    write_parquet(
+        d / "b" / "c.parquet",
+        b,
+        extra_cols={"score": [float(i) for i in range(len(b))], "lang": ["en"] * len(b)},
+        row_group_size=7,
+    )
     write_jsonl(d / "b" / "d.jsonl", c, extra=lambda i: {"meta": {"nested": [i]}})
     (d / "e.txt").write_text(t, encoding="utf-8")
     (d / "README.md").write_text("not data")
@@ -223,18 +257,35 @@ def test_real_corpus_slice(tmp_path, enc):
 
 
 def test_lone_surrogate_like_encode_ordinary(tmp_path, enc):
-    texts = ["before \ud800 after", "ok"]  # json.loads can produce lone surrogates from \ud800 escapes
+    # json.loads can produce lone surrogates from \ud800 escapes
+    texts = ["before \ud800 after", "ok"]
     src = tmp_path / "s.jsonl"
     src.write_text("\n".join(json.dumps({"text": x}) for x in texts))
-    assert fineweb.main(["--source", str(src), "--local_dir", str(tmp_path / "out"), "--shard_size", "3"]) == 0
+    assert (
+        fineweb.main(
+            ["--source", str(src), "--local_dir", str(tmp_path / "out"), "--shard_size", "3"]
+        )
+        == 0
+    )
     assert_shards(tmp_path / "out", reference_shards(enc, texts, 3))
 
 
-@pytest.mark.parametrize("max_tokens,shard_size", [(2500, 1000), (2000, 1000), (1001, 1000), (10**7, 1000)])
+@pytest.mark.parametrize(
+    "max_tokens,shard_size", [(2500, 1000), (2000, 1000), (1001, 1000), (10**7, 1000)]
+)
 def test_max_tokens(tmp_path, enc, max_tokens, shard_size):
     texts = make_docs(80, 7)
     src = write_jsonl(tmp_path / "in.jsonl", texts)
-    r = run_cli("--source", src, "--local_dir", tmp_path / "out", "--shard_size", shard_size, "--max_tokens", max_tokens)
+    r = run_cli(
+        "--source",
+        src,
+        "--local_dir",
+        tmp_path / "out",
+        "--shard_size",
+        shard_size,
+        "--max_tokens",
+        max_tokens,
+    )
     assert r.returncode == 0, r.stderr
     expected = reference_shards(enc, texts, shard_size, max_tokens=max_tokens)
     manifest = assert_shards(tmp_path / "out", expected)
@@ -243,7 +294,8 @@ def test_max_tokens(tmp_path, enc, max_tokens, shard_size):
 
 
 def _read_all(segments):
-    """Drain a segment generator like the workers do -> (texts, records skipped (its return value))."""
+    """Drain a segment generator like the workers do -> (texts, records skipped (its return
+    value))."""
     texts, gen = [], segments
     while True:
         try:
@@ -319,11 +371,20 @@ def test_input_within_one_shard_is_refused(tmp_path, enc, capsys, amount, folder
         out.mkdir(parents=True)
         (out / "notes.txt").write_text("earlier work, not fineweb.py's")
         before = snapshot(out)
-    args = ["--source", src, "--local_dir", out] + (["--shard_size", total] if amount == "exactly" else [])
+    args = ["--source", src, "--local_dir", out] + (
+        ["--shard_size", total] if amount == "exactly" else []
+    )
     r = run_main(capsys, *args)
-    what = f"exactly one --shard_size ({total:,})" if amount == "exactly" else "less than one --shard_size (100,000,000)"
-    line = assert_one_line_error(r, f"{src} holds only {total:,} tokens, {what}: everything would go to the val shard "
-                                    "and no train shard would be written; pass --shard_size ")
+    what = (
+        f"exactly one --shard_size ({total:,})"
+        if amount == "exactly"
+        else "less than one --shard_size (100,000,000)"
+    )
+    line = assert_one_line_error(
+        r,
+        f"{src} holds only {total:,} tokens, {what}: everything would go to the val shard "
+        "and no train shard would be written; pass --shard_size ",
+    )
     if folder == "new":
         assert not (tmp_path / "data").exists()  # not even the folders it would have written into
     else:
@@ -340,15 +401,28 @@ def test_input_within_one_shard_is_refused(tmp_path, enc, capsys, amount, folder
 def test_max_tokens_within_one_shard_is_refused(tmp_path, capsys, max_tokens):
     src = write_jsonl(tmp_path / "in.jsonl", make_docs(80, 7))
     out = tmp_path / "out"
-    r = run_main(capsys, "--source", src, "--local_dir", out, "--shard_size", 1000, "--max_tokens", max_tokens)
-    assert_one_line_error(r, f"--max_tokens {max_tokens:,} is not more than --shard_size 1,000",
-                          f"pass --shard_size {-(-max_tokens // 10)} or smaller, or a larger --max_tokens")
+    r = run_main(
+        capsys,
+        "--source",
+        src,
+        "--local_dir",
+        out,
+        "--shard_size",
+        1000,
+        "--max_tokens",
+        max_tokens,
+    )
+    assert_one_line_error(
+        r,
+        f"--max_tokens {max_tokens:,} is not more than --shard_size 1,000",
+        f"pass --shard_size {-(-max_tokens // 10)} or smaller, or a larger --max_tokens",
+    )
     assert not out.exists()
 
 
 def test_empty_documents_are_skipped(tmp_path, enc, capsys):
-    """An empty .txt, empty jsonl records and empty parquet rows give no tokens (not even an EOT), but
-    keep their place in the document numbering."""
+    """An empty .txt, empty jsonl records and empty parquet rows give no tokens (not even an
+    EOT), but keep their place in the document numbering."""
     d = tmp_path / "src"
     d.mkdir()
     (d / "a_empty.txt").write_text("")
@@ -368,12 +442,16 @@ def test_empty_documents_are_skipped(tmp_path, enc, capsys):
 
 def test_empty_documents_past_max_tokens_are_not_counted(tmp_path, capsys):
     """--max_tokens stops inside a batch: only the empty documents before the stop were skipped."""
-    src = write_jsonl(tmp_path / "in.jsonl", ["", "x y z"] * 20 + [""] * 1000)  # 4 tokens per "x y z"
+    # 4 tokens per "x y z"
+    src = write_jsonl(tmp_path / "in.jsonl", ["", "x y z"] * 20 + [""] * 1000)
     r = run_main(capsys, "--source", src, "--local_dir", tmp_path / "out", "--shard_size", 10,
                  "--max_tokens", 30, "--workers", 1)
     assert r.returncode == 0, r.stderr
-    # 30 tokens end inside the 8th "x y z" (document 15): documents 0, 2, ..., 14 are the empty ones read
-    assert "done: 16 documents, 30 tokens" in r.stdout and "8 empty documents skipped" in r.stdout, r.stdout
+    # 30 tokens end inside the 8th "x y z" (document 15): documents 0, 2, ..., 14 are the empty
+    # ones read
+    assert (
+        "done: 16 documents, 30 tokens" in r.stdout and "8 empty documents skipped" in r.stdout
+    ), r.stdout
 
 
 @pytest.mark.parametrize("kind", ["empty_txt", "empty_records"])
@@ -418,14 +496,20 @@ def test_resume_across_empty_documents(tmp_path, enc, capsys):
 
 
 def test_writer_batch_of_only_empty_documents_moves_on(tmp_path):
-    manifest = dict(format=fineweb.MANIFEST_FORMAT, settings=dict(prefix=PREFIX, shard_size=4, max_tokens=None),
-                    shards=[], complete=False)
+    manifest = dict(
+        format=fineweb.MANIFEST_FORMAT,
+        settings=dict(prefix=PREFIX, shard_size=4, max_tokens=None),
+        shards=[],
+        complete=False,
+    )
     w = fineweb.ShardWriter(tmp_path, manifest)
     w.add(np.array([EOT, 1, 2], np.uint16), np.array([3]))
     w.add(np.empty(0, np.uint16), np.array([0, 0]))  # documents 1 and 2 are empty
     assert w.pos == (3, 0) and not manifest["shards"]
     w.add(np.array([EOT, 5, 6], np.uint16), np.array([0, 3]))  # document 3 empty, 4 has 3 tokens
-    assert [(s["end_doc"], s["end_offset"], s["max_token"]) for s in manifest["shards"]] == [(4, 1, EOT)]
+    assert [(s["end_doc"], s["end_offset"], s["max_token"]) for s in manifest["shards"]] == [
+        (4, 1, EOT)
+    ]
     assert w.pos == (5, 0)
 
 
@@ -578,15 +662,22 @@ def test_hub_path_uses_same_pipeline(tmp_path, enc, monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     out = tmp_path / "out"
-    assert fineweb.main(["--local_dir", str(out), "--shard_size", "800", "--max_tokens", "2000"]) == 0
+    assert (
+        fineweb.main(["--local_dir", str(out), "--shard_size", "800", "--max_tokens", "2000"]) == 0
+    )
     assert calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)]
     m1 = assert_shards(out, reference_shards(enc, texts, 800, max_tokens=2000))
-    assert m1["settings"]["input"] == dict(type="hub", path="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train")
+    assert m1["settings"]["input"] == dict(
+        type="hub", path="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train"
+    )
 
     # classic FineWeb: other repo, other prefix and default folder name; resume after losing shard 2
     calls.clear()
     out2 = tmp_path / "out2"
-    assert fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"]) == 0
+    assert (
+        fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"])
+        == 0
+    )
     manifest = json.loads((out2 / "manifest.json").read_text())
     assert calls == [("HuggingFaceFW/fineweb", "sample-10BT", "train", True)]
     expected = reference_shards(enc, texts, 800, prefix="fineweb")
@@ -598,7 +689,10 @@ def test_hub_path_uses_same_pipeline(tmp_path, enc, monkeypatch, capsys):
     manifest.pop("totals")
     (out2 / "manifest.json").write_text(json.dumps(manifest))
     calls.clear()
-    assert fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"]) == 0
+    assert (
+        fineweb.main(["--dataset", "classic-10BT", "--local_dir", str(out2), "--shard_size", "800"])
+        == 0
+    )
     assert calls[1] == ("skip", manifest["shards"][1]["end_doc"])
     assert_shards(out2, expected)
     assert fineweb.DATASETS["edu-100BT"]["name"] == "sample-100BT"
@@ -647,13 +741,21 @@ def _bad_file(tmp_path, kind):
 NOT_A_DOC = "line 2: not a JSON object with a \"text\" string"
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("garbage_gzip", "cannot read"), ("truncated_gzip", "cannot read"), ("bad_json", "line 2: invalid JSON"),
-    ("no_text", NOT_A_DOC), ("text_not_string", NOT_A_DOC), ("not_an_object", NOT_A_DOC),
-    ("bad_parquet", "cannot read parquet"),
-    ("parquet_no_text", "no \"text\" column"), ("parquet_null_text", "row 1: \"text\" is null"),
-    ("bad_utf8_txt", "cannot read it as UTF-8"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("garbage_gzip", "cannot read"),
+        ("truncated_gzip", "cannot read"),
+        ("bad_json", "line 2: invalid JSON"),
+        ("no_text", NOT_A_DOC),
+        ("text_not_string", NOT_A_DOC),
+        ("not_an_object", NOT_A_DOC),
+        ("bad_parquet", "cannot read parquet"),
+        ("parquet_no_text", "no \"text\" column"),
+        ("parquet_null_text", "row 1: \"text\" is null"),
+        ("bad_utf8_txt", "cannot read it as UTF-8"),
+    ],
+)
 def test_bad_input_file(tmp_path, enc, kind, needle):
     """A good file (enough for some shards) then a bad one: the shards before the error are finished
     and correct; re-running hits the same error and leaves every byte as it was."""
@@ -664,13 +766,17 @@ def test_bad_input_file(tmp_path, enc, kind, needle):
     args = ("--source", good, bad, "--local_dir", out, "--shard_size", 600)
     r = run_cli(*args)
     line = assert_one_line_error(r, needle, bad.name)
-    # finished shards exist, so fixing the file alone would be refused as "different settings": say so
+    # finished shards exist, so fixing the file alone would be refused as "different settings":
+    # say so
     n = len(json.loads((out / "manifest.json").read_text())["shards"])
-    assert line.endswith(f"; fix or replace that file, then delete {out} or use another --local_dir "
-                         f"(its {n} finished shards were made with the file as it is now)")
+    assert line.endswith(
+        f"; fix or replace that file, then delete {out} or use another --local_dir "
+        f"(its {n} finished shards were made with the file as it is now)"
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["shards"]) >= 2
-    ref = reference_tokens(enc, good_texts)  # (a truncated gzip may add shards from its readable part)
+    # (a truncated gzip may add shards from its readable part)
+    ref = reference_tokens(enc, good_texts)
     assert sum(s["token_start"] + s["tokens"] <= len(ref) for s in manifest["shards"]) >= 2
     for s in manifest["shards"]:
         got, want = np.load(out / s["file"]), ref[s["token_start"]:s["token_start"] + s["tokens"]]
@@ -689,8 +795,19 @@ def finished_output(tmp_path):
     return src, out
 
 
-@pytest.mark.parametrize("case", ["missing_file", "missing_folder_file", "unsupported", "other_settings",
-                                  "other_source", "shards_without_manifest", "stray_shard", "finished_shard_changed"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_file",
+        "missing_folder_file",
+        "unsupported",
+        "other_settings",
+        "other_source",
+        "shards_without_manifest",
+        "stray_shard",
+        "finished_shard_changed",
+    ],
+)
 def test_bad_input_keeps_finished_output(tmp_path, finished_output, case):
     src, out = finished_output
     args = ["--source", src, "--local_dir", out, "--shard_size", 800]
@@ -711,8 +828,10 @@ def test_bad_input_keeps_finished_output(tmp_path, finished_output, case):
         needle = "different settings (shard_size: 800 then, 900 now)"
     elif case == "other_source":
         args[1] = write_jsonl(tmp_path / "other.jsonl", make_docs(5, 15))
-        needle = (f"different settings (input 1: {src.resolve()} ({src.stat().st_size:,} bytes) then, "
-                  f"{args[1].resolve()} ({args[1].stat().st_size:,} bytes) now)")
+        needle = (
+            f"different settings (input 1: {src.resolve()} ({src.stat().st_size:,} bytes) then, "
+            f"{args[1].resolve()} ({args[1].stat().st_size:,} bytes) now)"
+        )
     elif case == "shards_without_manifest":
         (out / "manifest.json").unlink()
         needle = "but no manifest.json"
@@ -738,7 +857,8 @@ def test_corrupt_gz_replaced_before_any_shard(tmp_path, enc, capsys):
     intact = gz.read_bytes()
     gz.write_bytes(intact[:-300])
     total = len(reference_tokens(enc, first + rest))
-    shard_size = max(len(reference_tokens(enc, first)), total // 4)  # a.jsonl alone does not finish a shard
+    # a.jsonl alone does not finish a shard
+    shard_size = max(len(reference_tokens(enc, first)), total // 4)
     out = tmp_path / "out"
     args = ("--source", good, gz, "--local_dir", out, "--shard_size", shard_size)
     r = run_main(capsys, *args)
@@ -754,8 +874,8 @@ def test_corrupt_gz_replaced_before_any_shard(tmp_path, enc, capsys):
 
 
 def test_corrupt_gz_after_finished_shards(tmp_path, enc, capsys, monkeypatch):
-    """User story, shards finished from the readable part of a truncated .jsonl.gz: the error says to
-    replace it AND start a fresh output; replacing it alone is refused with the exact difference;
+    """User story, shards finished from the readable part of a truncated .jsonl.gz: the error says
+    to replace it AND start a fresh output; replacing it alone is refused with the exact difference;
     a fresh --local_dir then gives the right shards."""
     texts = make_docs(2600, 24)  # ~1.3 MB: more than the first 1 MB block read is intact
     gz = write_jsonl(tmp_path / "corpus" / "a.jsonl.gz", texts, gz=True)
@@ -768,20 +888,27 @@ def test_corrupt_gz_after_finished_shards(tmp_path, enc, capsys, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     n = len(manifest["shards"])
     assert n >= 2 and not manifest["complete"]
-    assert line.endswith(f"; fix or replace that file, then delete out or use another --local_dir (its {n} "
-                         "finished shards were made with the file as it is now)")
+    assert line.endswith(
+        f"; fix or replace that file, then delete out or use another --local_dir (its {n} "
+        "finished shards were made with the file as it is now)"
+    )
     ref = reference_tokens(enc, texts)
     for s in manifest["shards"]:  # what was finished is right
-        np.testing.assert_array_equal(np.load(out / s["file"]), ref[s["token_start"]:s["token_start"] + s["tokens"]])
+        np.testing.assert_array_equal(
+            np.load(out / s["file"]), ref[s["token_start"] : s["token_start"] + s["tokens"]]
+        )
     before = snapshot(out)
 
     gz.write_bytes(intact)
     monkeypatch.chdir(tmp_path)  # the same relative paths, in this process from here on (faster)
     r = run_main(capsys, *args)
     path = gz.resolve()
-    assert_one_line_error(r, f"out holds shards made with different settings (input 1: {path} "
-                             f"({len(intact) - 2000:,} bytes) then, {path} ({len(intact):,} bytes) now); "
-                             "use another --local_dir or delete out")
+    assert_one_line_error(
+        r,
+        f"out holds shards made with different settings (input 1: {path} "
+        f"({len(intact) - 2000:,} bytes) then, {path} ({len(intact):,} bytes) now); "
+        "use another --local_dir or delete out",
+    )
     assert snapshot(out) == before
 
     r = run_main(capsys, "--source", "corpus", "--local_dir", "out2", "--shard_size", 50_000)
@@ -802,18 +929,27 @@ def test_settings_change_names_the_first_difference():
     then = settings((long, 7_697_251), ("/data/b.jsonl", 10))
     hub = dict(type="hub", path="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train")
     cases = [
-        (settings((long, 7_700_000), ("/data/b.jsonl", 10)),
-         f"input 1: {long} (7,697,251 bytes) then, {long} (7,700,000 bytes) now"),
-        (settings((long, 7_697_251), ("/data/b.jsonl", 10), ("/data/c.txt", 5)),
-         "input 3: None then, /data/c.txt (5 bytes) now"),
+        (
+            settings((long, 7_700_000), ("/data/b.jsonl", 10)),
+            f"input 1: {long} (7,697,251 bytes) then, {long} (7,700,000 bytes) now",
+        ),
+        (
+            settings((long, 7_697_251), ("/data/b.jsonl", 10), ("/data/c.txt", 5)),
+            "input 3: None then, /data/c.txt (5 bytes) now",
+        ),
         (settings((long, 7_697_251)), "input 2: /data/b.jsonl (10 bytes) then, None now"),
-        (settings(("/data/b.jsonl", 10), (long, 7_697_251)),
-         f"input 1: {long} (7,697,251 bytes) then, /data/b.jsonl (10 bytes) now"),
+        (
+            settings(("/data/b.jsonl", 10), (long, 7_697_251)),
+            f"input 1: {long} (7,697,251 bytes) then, /data/b.jsonl (10 bytes) now",
+        ),
         (dict(then, max_tokens=5000), "max_tokens: None then, 5000 now"),
         (dict(then, shard_size=900), "shard_size: 800 then, 900 now"),
         (dict(then, prefix="fineweb"), f"prefix: {PREFIX} then, fineweb now"),
-        (dict(then, input=hub),
-         f"input 1: {long} (7,697,251 bytes) then, HuggingFaceFW/fineweb-edu sample-10BT from the hub now"),
+        (
+            dict(then, input=hub),
+            f"input 1: {long} (7,697,251 bytes) then, HuggingFaceFW/fineweb-edu sample-10BT from "
+            "the hub now",
+        ),
         (then, None),
     ]
     for now, reason in cases:
@@ -848,7 +984,11 @@ def test_manifest_without_max_token_still_works(tmp_path, enc, capsys):
     # what an older fineweb.py left after dying with two shards finished
     for s in full["shards"][2:]:
         (out / s["file"]).unlink()
-    old = dict(full, shards=[{k: v for k, v in s.items() if k != "max_token"} for s in full["shards"][:2]], complete=False)
+    old = dict(
+        full,
+        shards=[{k: v for k, v in s.items() if k != "max_token"} for s in full["shards"][:2]],
+        complete=False,
+    )
     old.pop("totals")
     (out / "manifest.json").write_text(json.dumps(old))
     r = run_main(capsys, *args)
@@ -873,16 +1013,26 @@ def test_help_every_flag_explained_with_one_default():
     flags = {}
     for block in blocks:
         first, *rest = block.splitlines()
-        spec, _, help_text = first.strip().partition("  ")  # the help starts after 2+ spaces, or on the next line
+        # the help starts after 2+ spaces, or on the next line
+        spec, _, help_text = first.strip().partition("  ")
         help_text = " ".join([help_text.strip(), *(line.strip() for line in rest)]).strip()
         flags[spec.split()[0].rstrip(",")] = help_text
         assert help_text, f"{spec}: no help text"
         assert help_text.lower().count("default") <= 1, block
-    assert set(flags) == {"-h", "--dataset", "--source", "--local_dir", "--shard_size", "--max_tokens", "--workers"}
+    assert set(flags) == {
+        "-h",
+        "--dataset",
+        "--source",
+        "--local_dir",
+        "--shard_size",
+        "--max_tokens",
+        "--workers",
+    }
     assert flags["--shard_size"].endswith("(default: 100000000)")
     assert flags["--dataset"].endswith("(default: edu-10BT)")
     assert re.search(r"\(default: \d+\)$", flags["--workers"])
-    for name in ("--local_dir", "--max_tokens"):  # no value when not given: the help says what happens instead
+    # no value when not given: the help says what happens instead
+    for name in ("--local_dir", "--max_tokens"):
         assert "default" not in flags[name] and "without it" in flags[name]
 
 
@@ -891,10 +1041,19 @@ def test_help_every_flag_explained_with_one_default():
 
 
 def test_import_is_cheap_and_side_effect_free(tmp_path):
-    code = ("import sys; import fineweb; "
-            "assert fineweb.get_encoding.cache_info().currsize == 0; "
-            "assert not {'torch', 'datasets', 'tiktoken', 'pyarrow'} & set(sys.modules), sorted(sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache")}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    code = (
+        "import sys; import fineweb; "
+        "assert fineweb.get_encoding.cache_info().currsize == 0; "
+        "assert not {'torch', 'datasets', 'tiktoken', 'pyarrow'} & set(sys.modules), "
+        "sorted(sys.modules)"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert list(tmp_path.iterdir()) == []

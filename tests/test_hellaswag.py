@@ -3,7 +3,8 @@ Tests for hellaswag.py. CPU only, offline.
 
 Uses 48 chosen rows of the real validation file from $HELLASWAG_DIR when that is set (CI points it
 at shared/data/hellaswag), the hand-written fixture tests/fixtures/hellaswag_tiny.jsonl otherwise.
-    TIKTOKEN_CACHE_DIR=.../tiktoken_cache HELLASWAG_DIR=.../hellaswag python -m pytest tests/test_hellaswag.py -q
+    TIKTOKEN_CACHE_DIR=.../tiktoken_cache HELLASWAG_DIR=.../hellaswag \
+        python -m pytest tests/test_hellaswag.py -q
 """
 
 import hashlib
@@ -32,7 +33,9 @@ FIXTURE = REPO / "tests/fixtures/hellaswag_tiny.jsonl"
 HELLASWAG_DIR = os.environ.get("HELLASWAG_DIR")
 REAL_VAL = Path(HELLASWAG_DIR) / "hellaswag_val.jsonl" if HELLASWAG_DIR else None
 HAVE_REAL = REAL_VAL is not None and REAL_VAL.is_file()
-needs_real = pytest.mark.skipif(not HAVE_REAL, reason="HELLASWAG_DIR not set (real val file not available)")
+needs_real = pytest.mark.skipif(
+    not HAVE_REAL, reason="HELLASWAG_DIR not set (real val file not available)"
+)
 
 # 48 real val examples instead of hundreds: the reference loop is the slow part of this file.
 # 0..35 are short ActivityNet rows (24 of them fit in 48 tokens); the rest were picked from token
@@ -61,9 +64,18 @@ class TinyCausalLM(nn.Module):
         self.wpe = nn.Embedding(block_size, n_embd)
         self.blocks = nn.ModuleList()
         for _ in range(n_layer):
-            self.blocks.append(nn.ModuleDict(dict(
-                ln1=nn.LayerNorm(n_embd), qkv=nn.Linear(n_embd, 3 * n_embd), proj=nn.Linear(n_embd, n_embd),
-                ln2=nn.LayerNorm(n_embd), fc=nn.Linear(n_embd, 4 * n_embd), out=nn.Linear(4 * n_embd, n_embd))))
+            self.blocks.append(
+                nn.ModuleDict(
+                    dict(
+                        ln1=nn.LayerNorm(n_embd),
+                        qkv=nn.Linear(n_embd, 3 * n_embd),
+                        proj=nn.Linear(n_embd, n_embd),
+                        ln2=nn.LayerNorm(n_embd),
+                        fc=nn.Linear(n_embd, 4 * n_embd),
+                        out=nn.Linear(4 * n_embd, n_embd),
+                    )
+                )
+            )
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
 
@@ -73,14 +85,18 @@ class TinyCausalLM(nn.Module):
         C = x.size(-1)
         for blk in self.blocks:
             q, k, v = blk["qkv"](blk["ln1"](x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+            q, k, v = (
+                t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
+            )
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
             x = x + blk["proj"](y.transpose(1, 2).reshape(B, T, C))
             x = x + blk["out"](F.gelu(blk["fc"](blk["ln2"](x))))
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1
+            )
         return logits, loss
 
 
@@ -92,7 +108,9 @@ def make_tiny_model(seed=0, **kw):
 def make_tiny_gpt(block_size=32, seed=0):
     """The repo's GPT, tiny, with a block size shorter than many HellaSwag rows."""
     torch.manual_seed(seed)
-    cfg = train_gpt2.GPTConfig(block_size=block_size, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)
+    cfg = train_gpt2.GPTConfig(
+        block_size=block_size, vocab_size=50304, n_layer=1, n_head=2, n_embd=32
+    )
     return train_gpt2.GPT(cfg).eval(), cfg
 
 
@@ -104,7 +122,8 @@ class UniformLM(nn.Module):
         self.vocab_size, self.output = vocab_size, output
 
     def forward(self, idx, targets=None):
-        logits = torch.zeros(1, 1, self.vocab_size).expand(*idx.shape, -1)  # a view: no (B, T, V) buffer
+        # a view: no (B, T, V) buffer
+        logits = torch.zeros(1, 1, self.vocab_size).expand(*idx.shape, -1)
         if self.output == "tensor":
             return logits
         return types.SimpleNamespace(logits=logits) if self.output == "object" else (logits, None)
@@ -200,11 +219,18 @@ def test_render_hand_checked():
           "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
                       "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
     ctx = enc.encode("A man is sitting on a roof. he")
-    ends = [enc.encode(" is using wrap to wrap a pair of skis."), enc.encode(" is ripping level tiles off."),
-            enc.encode(" is holding a rubik's cube."), enc.encode(" starts pulling up roofing on a roof.")]
+    ends = [
+        enc.encode(" is using wrap to wrap a pair of skis."),
+        enc.encode(" is ripping level tiles off."),
+        enc.encode(" is holding a rubik's cube."),
+        enc.encode(" starts pulling up roofing on a roof."),
+    ]
     # the space goes with the ending: " is" is a single GPT-2 token, different from "is"
     assert ends[0][0] == enc.encode(" is")[0] and enc.encode(" is") != enc.encode("is")
-    assert enc.decode(ctx + ends[3]) == "A man is sitting on a roof. he starts pulling up roofing on a roof."
+    assert (
+        enc.decode(ctx + ends[3])
+        == "A man is sitting on a roof. he starts pulling up roofing on a roof."
+    )
     assert hellaswag.tokenize_example(ex) == (ctx, ends)
     # a literal <|endoftext|> in the data is plain text, not the special token (nor an error)
     odd = dict(ex, ctx="he said <|endoftext|>")
@@ -221,8 +247,10 @@ def test_render_hand_checked():
 def test_fit_row_keeps_the_last_max_len_tokens():
     ctx, end = [1, 2, 3, 4, 5], [6, 7, 8]
     assert hellaswag.fit_row(ctx, end) == ([1, 2, 3, 4, 5, 6, 7, 8], 5)
-    assert hellaswag.fit_row(ctx, end, max_len=8) == ([1, 2, 3, 4, 5, 6, 7, 8], 5)  # fits: untouched
-    assert hellaswag.fit_row(ctx, end, max_len=6) == ([3, 4, 5, 6, 7, 8], 3)  # context cut from the left
+    # fits: untouched
+    assert hellaswag.fit_row(ctx, end, max_len=8) == ([1, 2, 3, 4, 5, 6, 7, 8], 5)
+    # context cut from the left
+    assert hellaswag.fit_row(ctx, end, max_len=6) == ([3, 4, 5, 6, 7, 8], 3)
     # an ending longer than max_len loses its own first tokens; its first kept token is at
     # position 0 and is not scored (nothing before it)
     assert hellaswag.fit_row(ctx, end, max_len=2) == ([7, 8], 0)
@@ -235,14 +263,23 @@ def test_count_truncated(examples):
     assert hellaswag.count_truncated(examples, max(longest)) == 0
     assert hellaswag.count_truncated(examples, max(longest) - 1) == longest.count(max(longest))
     for max_len in (SMALL_MAX_LEN, 16, 100):
-        assert hellaswag.count_truncated(examples, max_len) == sum(n > max_len for n in longest), max_len
+        assert hellaswag.count_truncated(examples, max_len) == sum(
+            n > max_len for n in longest
+        ), max_len
 
 
 def test_uniform_model_sum_picks_fewest_tokens():
     enc = tiktoken.get_encoding("gpt2")
-    ex = {"ctx": "The cat sat on the mat.", "label": 0,
-          "endings": ["It purred loudly and then went to sleep in the warm sun by the window.",
-                      "It slept.", "It looked at the dog across the room.", "It yawned and stretched."]}
+    ex = {
+        "ctx": "The cat sat on the mat.",
+        "label": 0,
+        "endings": [
+            "It purred loudly and then went to sleep in the warm sun by the window.",
+            "It slept.",
+            "It looked at the dog across the room.",
+            "It yawned and stretched.",
+        ],
+    }
     lengths = [len(enc.encode(" " + e)) for e in ex["endings"]]
     assert len(set(lengths)) == 4
     shortest = lengths.index(min(lengths))
@@ -285,14 +322,23 @@ def test_batched_matches_reference(examples, tiny_model, reference):
 def test_batched_is_independent_of_batch_size_and_chunking(examples, tiny_model, reference):
     def check(sub, batch_size, multiple, loss_chunk):
         model = Recorder(tiny_model)
-        got = hellaswag.evaluate(model, examples[sub], "cpu", batch_size=batch_size, bucket_multiple=multiple,
-                                 loss_chunk=loss_chunk, return_predictions=True)
+        got = hellaswag.evaluate(
+            model,
+            examples[sub],
+            "cpu",
+            batch_size=batch_size,
+            bucket_multiple=multiple,
+            loss_chunk=loss_chunk,
+            return_predictions=True,
+        )
         want = reference["predictions"][sub]
         assert [p[1:] for p in got["predictions"]] == [p[1:] for p in want]
         # full batches of 4 * batch_size rows, longest first, lengths rounded up to the multiple:
         # few shapes for torch.compile
         lengths, Ts = row_lengths(examples[sub]), [T for _, T in model.shapes]
-        assert model.shapes == [(4 * batch_size, T) for T in Ts] and len(Ts) == -(-len(lengths) // (4 * batch_size))
+        assert model.shapes == [(4 * batch_size, T) for T in Ts] and len(Ts) == -(
+            -len(lengths) // (4 * batch_size)
+        )
         assert Ts == sorted(Ts, reverse=True) and Ts[0] == -(-max(lengths) // multiple) * multiple
         assert all(T % multiple == 0 for T in Ts)
     # the GPU's bucketing and one fp32 cross-entropy chunk per batch, on the short rows: the
@@ -301,7 +347,9 @@ def test_batched_is_independent_of_batch_size_and_chunking(examples, tiny_model,
     check(slice(1, None, 3), batch_size=1, multiple=16, loss_chunk=7)  # long rows too
 
 
-def test_truncated_rows_batched_matches_reference(second_half, tiny_model, reference, reference_cut):
+def test_truncated_rows_batched_matches_reference(
+    second_half, tiny_model, reference, reference_cut
+):
     exs = second_half
     n_cut = hellaswag.count_truncated(exs, SMALL_MAX_LEN)
     assert 0 < n_cut < len(exs)  # some examples are cut, some are not
@@ -309,13 +357,21 @@ def test_truncated_rows_batched_matches_reference(second_half, tiny_model, refer
         assert any(len(e) > SMALL_MAX_LEN for ex in exs for e in hellaswag.tokenize_example(ex)[1])
     # batch_size 5 does not divide 24 (or 6): the last batch gets dummy rows
     model = Recorder(tiny_model)
-    got = hellaswag.evaluate(model, exs, "cpu", batch_size=5, max_len=SMALL_MAX_LEN, bucket_multiple=32,
-                             return_predictions=True)
+    got = hellaswag.evaluate(
+        model,
+        exs,
+        "cpu",
+        batch_size=5,
+        max_len=SMALL_MAX_LEN,
+        bucket_multiple=32,
+        return_predictions=True,
+    )
     _same_result(got, reference_cut)
     assert model.shapes[0] == (20, SMALL_MAX_LEN)  # the rounded-up length is capped at max_len
     assert got["examples"] == reference_cut["examples"] == len(exs)  # every example still scored
     uncut = [p[1:] for p in reference["predictions"][-len(exs):]]
-    assert [p[1:] for p in reference_cut["predictions"]] != uncut  # the cut really changed the input
+    # the cut really changed the input
+    assert [p[1:] for p in reference_cut["predictions"]] != uncut
 
 
 def test_model_block_size_is_the_default_max_len(examples):
@@ -323,12 +379,19 @@ def test_model_block_size_is_the_default_max_len(examples):
     exs = examples[:8] if not HAVE_REAL else [examples[i] for i in (0, 1, 2, 36, 37, 44, 45, 47)]
     assert hellaswag.count_truncated(exs, 32) > 0  # the old evaluator raised here
     default = hellaswag.evaluate(model, exs, "cpu", batch_size=3, return_predictions=True)
-    explicit = hellaswag.evaluate(model, exs, "cpu", batch_size=3, max_len=32, return_predictions=True)
+    explicit = hellaswag.evaluate(
+        model, exs, "cpu", batch_size=3, max_len=32, return_predictions=True
+    )
     ref = hellaswag.evaluate_reference(model, exs, "cpu", return_predictions=True)
     assert default["predictions"] == explicit["predictions"] == ref["predictions"]
     # the block size is found through torch.compile (_orig_mod) and DDP (module) wrappers, and
     # transformers' names for it are read too
-    assert hellaswag.model_max_len(types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=model))) == 32
+    assert (
+        hellaswag.model_max_len(
+            types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=model))
+        )
+        == 32
+    )
     assert hellaswag.model_max_len(types.SimpleNamespace()) is None  # no config: no limit
     hf_config = types.SimpleNamespace(n_positions=None, max_position_embeddings=64)
     assert hellaswag.model_max_len(types.SimpleNamespace(config=hf_config)) == 64
@@ -370,10 +433,15 @@ def test_compiled_model_same_predictions_few_compiles(tiny_model):
     torch._dynamo.reset()
     exs = fixture_examples()
     recorder = Recorder(tiny_model)
-    eager = hellaswag.evaluate(recorder, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
-    counter = CompileCounter()  # a torch.compile backend that runs the graph eagerly and counts compiles
+    eager = hellaswag.evaluate(
+        recorder, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True
+    )
+    # a torch.compile backend that runs the graph eagerly and counts compiles
+    counter = CompileCounter()
     compiled = torch.compile(tiny_model, backend=counter)
-    res = hellaswag.evaluate(compiled, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
+    res = hellaswag.evaluate(
+        compiled, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True
+    )
     n_shapes = len(set(recorder.shapes))
     assert n_shapes >= 3  # the test really exercises several buckets
     assert res["predictions"] == eager["predictions"]
@@ -385,14 +453,24 @@ def test_compiled_model_same_predictions_few_compiles(tiny_model):
     torch._dynamo.reset()
 
 
-@pytest.mark.skipif(os.environ.get("HELLASWAG_TEST_INDUCTOR") != "1",
-                    reason="inductor compile takes ~1 min on 2 CPU cores; set HELLASWAG_TEST_INDUCTOR=1")
+@pytest.mark.skipif(
+    os.environ.get("HELLASWAG_TEST_INDUCTOR") != "1",
+    reason="inductor compile takes ~1 min on 2 CPU cores; set HELLASWAG_TEST_INDUCTOR=1",
+)
 def test_inductor_compiled_model_same_predictions(tiny_model):
     torch._dynamo.reset()
     exs = fixture_examples()
-    eager = hellaswag.evaluate(tiny_model, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True)
-    res = hellaswag.evaluate(torch.compile(tiny_model), exs, "cpu", batch_size=2, bucket_multiple=16,
-                             return_predictions=True)
+    eager = hellaswag.evaluate(
+        tiny_model, exs, "cpu", batch_size=2, bucket_multiple=16, return_predictions=True
+    )
+    res = hellaswag.evaluate(
+        torch.compile(tiny_model),
+        exs,
+        "cpu",
+        batch_size=2,
+        bucket_multiple=16,
+        return_predictions=True,
+    )
     assert res["predictions"] == eager["predictions"]
     torch._dynamo.reset()
 
@@ -436,9 +514,15 @@ def _ddp_worker(rank, world_size, init_file, exs, out_dir):
 
     import torch.distributed as dist
     torch.set_num_threads(1)
-    # a short timeout: a rank that calls should_stop fewer times fails the test instead of hanging it
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
+    # a short timeout: a rank that calls should_stop fewer times fails the test instead of
+    # hanging it
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=60),
+    )
     try:
         calls = []
 
@@ -464,8 +548,12 @@ def test_ddp_two_gloo_processes_match_single(tmp_path, examples):
     # 2K+1 examples at batch_size 1: rank 0 has K+1 batches, rank 1 only K, and the check at slot K
     # falls after rank 1's last batch
     exs = (examples * 3)[:2 * K + 1]
-    single = hellaswag.evaluate(make_tiny_model(), exs, "cpu", batch_size=1, return_predictions=True)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), exs, str(tmp_path)), nprocs=2, join=True)
+    single = hellaswag.evaluate(
+        make_tiny_model(), exs, "cpu", batch_size=1, return_predictions=True
+    )
+    mp.spawn(
+        _ddp_worker, args=(2, str(tmp_path / "rendezvous"), exs, str(tmp_path)), nprocs=2, join=True
+    )
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for res in per_rank:  # every rank returns the global counts
         for key in ("examples", "num_correct", "num_correct_norm", "acc", "acc_norm"):
@@ -479,9 +567,9 @@ def test_ddp_two_gloo_processes_match_single(tmp_path, examples):
 
 
 def test_every_rank_calls_the_model_in_every_slot(examples, monkeypatch):
-    """Under FSDP each forward is a collective: a rank out of rows still calls the model, as often as
-    rank 0 (a dummy batch; the DDP test above shows the results unchanged). Ranks simulated in one
-    process, the all-reduce patched out."""
+    """Under FSDP each forward is a collective: a rank out of rows still calls the model, as often
+    as rank 0 (a dummy batch; the DDP test above shows the results unchanged). Ranks simulated in
+    one process, the all-reduce patched out."""
     monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: None)  # each keeps its own
     exs = examples[:7]
@@ -491,11 +579,14 @@ def test_every_rank_calls_the_model_in_every_slot(examples, monkeypatch):
         n_examples = 0
         for rank in range(world_size):
             model = Recorder(UniformLM())
-            res = hellaswag.evaluate(model, exs, "cpu", batch_size=2, rank=rank, world_size=world_size)
+            res = hellaswag.evaluate(
+                model, exs, "cpu", batch_size=2, rank=rank, world_size=world_size
+            )
             n_examples += res["examples"]
             assert len(model.shapes) == n_slots, (world_size, rank, model.shapes)
             if world_size == 3 and rank > 0:
-                assert model.shapes[1] == model.shapes[0]  # the dummy has its last real batch's shape
+                # the dummy has its last real batch's shape
+                assert model.shapes[1] == model.shapes[0]
         assert n_examples == len(exs)
 
 
@@ -552,7 +643,9 @@ def _fake_urlopen(body, content_length=None, calls=None):
 
 def test_truncated_download_leaves_nothing(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()
-    monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body[:100], content_length=len(body)))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", _fake_urlopen(body[:100], content_length=len(body))
+    )
     with pytest.raises(hellaswag.HellaSwagError) as err:
         hellaswag.load_examples("train", str(tmp_path / "cache"))
     msg = str(err.value)
@@ -582,9 +675,13 @@ def test_download_network_error_is_one_line(tmp_path, monkeypatch):
 def test_successful_download_then_cached(tmp_path, monkeypatch):
     body = FIXTURE.read_bytes()
     calls = []
-    monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(body, content_length=len(body), calls=calls))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", _fake_urlopen(body, content_length=len(body), calls=calls)
+    )
     exs = hellaswag.load_examples("train", str(tmp_path))
-    assert calls == ["https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl"]
+    assert calls == [
+        "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl"
+    ]
     assert len(exs) == 12 and (tmp_path / "hellaswag_train.jsonl").read_bytes() == body
     assert [p.name for p in tmp_path.iterdir()] == ["hellaswag_train.jsonl"]
     hellaswag.load_examples("train", str(tmp_path))
@@ -596,7 +693,9 @@ def test_successful_download_then_cached(tmp_path, monkeypatch):
 
 def test_unknown_split():
     for split in ("dev", "test"):  # test has no labels
-        with pytest.raises(hellaswag.HellaSwagError, match="unknown HellaSwag split.*use val or train"):
+        with pytest.raises(
+            hellaswag.HellaSwagError, match="unknown HellaSwag split.*use val or train"
+        ):
             hellaswag.load_examples(split, "/nonexistent")
 
 
@@ -633,18 +732,51 @@ def _without(key):
 ENDINGS = '"endings" must be a list of 4 strings'
 BAD_FILES = [
     ("missing-ctx", _edit(3, _without("ctx")), 3, '"ctx" must be a non-empty string'),
-    ("empty-ctx", _edit(8, lambda ex: json.dumps(dict(ex, ctx=""))), 8, '"ctx" must be a non-empty string'),
-    ("endings-not-a-list", _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))), 5, ENDINGS),
-    ("three-endings", _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))), 7, ENDINGS),
-    ("ending-not-a-string", _edit(2, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3] + [7]))), 2,
-     ENDINGS),
+    (
+        "empty-ctx",
+        _edit(8, lambda ex: json.dumps(dict(ex, ctx=""))),
+        8,
+        '"ctx" must be a non-empty string',
+    ),
+    (
+        "endings-not-a-list",
+        _edit(5, lambda ex: json.dumps(dict(ex, endings="a b c d"))),
+        5,
+        ENDINGS,
+    ),
+    (
+        "three-endings",
+        _edit(7, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3]))),
+        7,
+        ENDINGS,
+    ),
+    (
+        "ending-not-a-string",
+        _edit(2, lambda ex: json.dumps(dict(ex, endings=ex["endings"][:3] + [7]))),
+        2,
+        ENDINGS,
+    ),
     ("json-array-line", _edit(4, lambda ex: json.dumps(list(ex.values()))), 4, "not a JSON object"),
     ("invalid-json", _edit(9, lambda ex: json.dumps(ex)[:-5]), 9, "not valid JSON"),
-    ("label-out-of-range", _edit(6, lambda ex: json.dumps(dict(ex, label=7))), 6,
-     '"label" must be the number 0, 1, 2 or 3'),
-    ("label-a-string", _edit(10, lambda ex: json.dumps(dict(ex, label="2"))), 10, '"label" must be'),
+    (
+        "label-out-of-range",
+        _edit(6, lambda ex: json.dumps(dict(ex, label=7))),
+        6,
+        '"label" must be the number 0, 1, 2 or 3',
+    ),
+    (
+        "label-a-string",
+        _edit(10, lambda ex: json.dumps(dict(ex, label="2"))),
+        10,
+        '"label" must be',
+    ),
     ("missing-label", _edit(11, _without("label")), 11, '"label" must be'),
-    ("not-utf8", lambda: ("\n".join(_good_lines()[:2]) + "\n").encode() + b"\xff\n", 3, "not UTF-8"),
+    (
+        "not-utf8",
+        lambda: ("\n".join(_good_lines()[:2]) + "\n").encode() + b"\xff\n",
+        3,
+        "not UTF-8",
+    ),
     ("empty-file", lambda: "", None, "holds no examples"),
     ("blank-lines-only", lambda: "\n  \n\n", None, "holds no examples"),
 ]
@@ -659,7 +791,9 @@ def _write_bad(tmp_path, make):
     return d, path
 
 
-@pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+@pytest.mark.parametrize(
+    "make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES]
+)
 def test_bad_file_is_one_user_error_naming_the_line(tmp_path, monkeypatch, make, line_no, words):
     d, path = _write_bad(tmp_path, make)
     before = path.read_bytes()
@@ -692,7 +826,8 @@ def _cli(*args, timeout=300):
 
 
 def _main(capsys, *args):
-    """hellaswag.main in this process (no interpreter + torch start-up per case) -> (exit code, out, err).
+    """hellaswag.main in this process (no interpreter + torch start-up per case) -> (exit code,
+    out, err).
     Any exception other than SystemExit fails the test, which is what 'no traceback' means here."""
     code = 0
     try:
@@ -730,7 +865,9 @@ def exported(tmp_path_factory):
 
 def test_hellaswag_does_not_import_train_gpt2():
     code = "import sys, hellaswag; assert 'train_gpt2' not in sys.modules, 'imported train_gpt2'"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -740,10 +877,14 @@ def test_cli_exported_model_end_to_end(exported, data_dir):
     # the same model in this process, loaded as the CLI loads it: n_positions 32 is the max_len
     model = hellaswag.load_model(exported, torch.device("cpu"))
     assert hellaswag.model_max_len(model) == 32 and not model.training
-    expected = hellaswag.evaluate_reference(model, fixture_examples(), "cpu", return_predictions=True)
+    expected = hellaswag.evaluate_reference(
+        model, fixture_examples(), "cpu", return_predictions=True
+    )
     assert out["examples"] == 12
     assert out["acc_norm"] == expected["acc_norm"] and out["acc"] == expected["acc"]
-    batched = hellaswag.evaluate(model, fixture_examples(), "cpu", batch_size=5, return_predictions=True)
+    batched = hellaswag.evaluate(
+        model, fixture_examples(), "cpu", batch_size=5, return_predictions=True
+    )
     assert batched["predictions"] == expected["predictions"]  # a transformers model: same picks
     assert hellaswag.count_truncated(fixture_examples(), 32) > 0  # rows cut to the block size too
 
@@ -751,11 +892,15 @@ def test_cli_exported_model_end_to_end(exported, data_dir):
 def test_cli_bad_input_in_a_real_process(tmp_path, data_dir):
     """Exit code and stderr of the real entry point (the in-process tests below cover each case):
     the removed --checkpoint flag is one error line too."""
-    proc = _cli("--checkpoint", str(tmp_path / "model_00000.pt"), "--data_dir", data_dir, timeout=120)
+    proc = _cli(
+        "--checkpoint", str(tmp_path / "model_00000.pt"), "--data_dir", data_dir, timeout=120
+    )
     assert_one_error_line(proc.stderr, proc.returncode, "--model")
 
 
-@pytest.mark.parametrize("make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+@pytest.mark.parametrize(
+    "make,line_no,words", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES]
+)
 def test_cli_bad_file_one_error_line(tmp_path, capsys, make, line_no, words):
     d, path = _write_bad(tmp_path, make)
     code, _, err = _main(capsys, "--model", "gpt2", "--data_dir", str(d), "--device", "cpu")
@@ -773,12 +918,18 @@ def test_cli_bad_arguments_one_error_line(tmp_path, data_dir, exported, capsys):
     cases = [
         (("--model", str(checkpoint), *cpu), export_hint),  # our .pt files are exported first
         (("--model", str(tmp_path / "no_config"), *cpu), export_hint),
-        (("--model", str(tmp_path / "bad_config"), *cpu), ("cannot load it", "bad_config", *export_hint)),
+        (
+            ("--model", str(tmp_path / "bad_config"), *cpu),
+            ("cannot load it", "bad_config", *export_hint),
+        ),
         (("--model", exported, "--checkpoint", str(checkpoint), *cpu), ("unrecognized arguments",)),
         (("--model", "gpt2", "--split", "dev", "--data_dir", data_dir), ("--split",)),
         (("--model", "gpt2", "--split", "test", "--data_dir", data_dir), ("--split",)),
         (("--model", "gpt2", "--limit", "0", "--data_dir", data_dir), ("--limit must be >= 1",)),
-        (("--model", "gpt2", "--batch_size", "0", "--data_dir", data_dir), ("--batch_size must be >= 1",)),
+        (
+            ("--model", "gpt2", "--batch_size", "0", "--data_dir", data_dir),
+            ("--batch_size must be >= 1",),
+        ),
         (("--model", "gpt2", "--dtype", "bfloat16", "--data_dir", data_dir), ("--dtype",)),
         (("--model", "gpt2", "--device", "tpu", "--data_dir", data_dir), ("--device tpu",)),
         (("--model", "gpt2", "--device", "cuda:5", "--data_dir", data_dir), ("--device cuda:5",)),
@@ -794,11 +945,18 @@ def test_cli_help_one_default_per_flag():
     parser = hellaswag.build_parser()
     actions = [a for a in parser._actions if a.dest != "help"]
     assert all(a.help for a in actions)
-    assert not any("default" in a.help.lower() for a in actions)  # the formatter adds the one default
+    # the formatter adds the one default
+    assert not any("default" in a.help.lower() for a in actions)
     text = " ".join(parser.format_help().split())
     assert text.count("(default:") == len(actions)
-    assert list(next(a for a in actions if a.dest == "dtype").choices) == ["auto", "bf16", "fp16", "fp32"]
-    assert "--checkpoint" not in text and "train_gpt2.py --export" in text  # how to evaluate our .pt files
+    assert list(next(a for a in actions if a.dest == "dtype").choices) == [
+        "auto",
+        "bf16",
+        "fp16",
+        "fp32",
+    ]
+    # how to evaluate our .pt files
+    assert "--checkpoint" not in text and "train_gpt2.py --export" in text
 
 
 # -----------------------------------------------------------------------------
@@ -807,15 +965,43 @@ def test_cli_help_one_default_per_flag():
 
 def test_bench_smoke_tiny_model(tmp_path, data_dir, capsys):
     """benchmarks/bench_hellaswag.py still runs with this API; its last stdout line is JSON."""
-    spec = importlib.util.spec_from_file_location("bench_hellaswag", REPO / "benchmarks/bench_hellaswag.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_hellaswag", REPO / "benchmarks/bench_hellaswag.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--device", "cpu", "--compile", "0", "--data_dir", data_dir, "--limit", "6", "--n_layer", "1",
-                "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--dtype", "fp32"])
+    bench.main(
+        [
+            "--device",
+            "cpu",
+            "--compile",
+            "0",
+            "--data_dir",
+            data_dir,
+            "--limit",
+            "6",
+            "--n_layer",
+            "1",
+            "--n_head",
+            "2",
+            "--n_embd",
+            "32",
+            "--block_size",
+            "32",
+            "--dtype",
+            "fp32",
+        ]
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("reference", "batched", "speedup", "predictions_identical", "predictions_differing",
                 "acc_norm_identical", "examples", "device", "torch", "dtype"):
         assert key in out, key
-    assert {"seconds"} <= set(out["reference"]) and {"seconds", "first_call_seconds"} <= set(out["batched"])
+    assert {"seconds"} <= set(out["reference"]) and {"seconds", "first_call_seconds"} <= set(
+        out["batched"]
+    )
     assert out["examples"] == 6 and out["dtype"] == "fp32" and out["torch"] == torch.__version__
-    assert out["predictions_identical"] == 6 and out["predictions_differing"] == 0 and out["acc_norm_identical"]
+    assert (
+        out["predictions_identical"] == 6
+        and out["predictions_differing"] == 0
+        and out["acc_norm_identical"]
+    )
