@@ -1189,9 +1189,9 @@ def memory_estimate(config, args, n_params, n_muon, world_size):
 def check_cpu_memory(args, config, device, world_size):
     """On CPU, before the model is built: a run that memory_estimate() says cannot fit in this
     machine's RAM is refused (the estimate is low there: activations in fp32, not bf16)."""
-    C, H, processes = config.n_embd, mlp_hidden_size(config), os.environ.get("LOCAL_WORLD_SIZE", 1)
-    per_layer = 4 * C * C + (2 if config.arch == "gpt2" else 3) * C * H  # attention + MLP
-    n_params = config.n_layer * per_layer + (config.vocab_size + config.block_size) * C
+    processes = os.environ.get("LOCAL_WORLD_SIZE", 1)
+    with torch.device("meta"):  # counted without memory: any arch, an untied head included
+        n_params = GPT(config).num_params()
     need = sum(memory_estimate(config, args, n_params, 0, world_size)) * int(processes)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if device.type == "cpu" and need > ram:
