@@ -9,12 +9,14 @@ Running the same command again continues the run from its latest checkpoint in -
 preempted or crashed run needs nothing but a restart (`torchrun --max-restarts=N` too).
 
 The file reads top to bottom, in the order of the lecture:
-  1. the model: GPT-2 (or --arch modern: RoPE + SwiGLU + RMSNorm), its loss, sampling, export;
+  1. the model: GPT-2 (or --arch modern: RoPE + SwiGLU + RMSNorm; --arch speedrun: the
+     modded-nanogpt block), its loss, sampling, export;
   2. the data: uint16 shards read as one stream, a loader indexed by step, the val set;
-  3. the optimizer and the learning-rate schedule (AdamW, or Muon for the block matrices);
+  3. the optimizer and the learning-rate schedule (AdamW, or Muon for the block matrices;
+     cosine or warmup-stable-decay);
   4. checkpoints: atomic saves, and which checkpoint a run continues from;
   5. evaluation: val loss, HellaSwag (hellaswag.py), text samples;
-  6. the arguments;
+  6. the arguments, and --recipe fast (the speedrun's settings in one flag);
   7. the run: devices, processes (DDP, or FSDP2 sharding with --fsdp), the log; then train():
      start_run (every check), build_model, restore (continue) or start, and the loop:
      evaluate, sample, checkpoint, the training step, log;
@@ -68,19 +70,22 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     arch: str = "gpt2"  # "gpt2": faithful GPT-2 | "modern": RoPE + SwiGLU + RMSNorm, no biases
-    rope_base: float = 10000.0  # modern only
+    # | "speedrun": RoPE + QK-norm + ReLU^2, weight-free RMSNorm, untied head, soft-capped logits
+    rope_base: float = 10000.0  # modern and speedrun
+    logit_softcap: float | None = None  # speedrun: logits = cap * tanh(logits / cap); 0/None: off
 
 
 # Published GPT-2 sizes: (n_layer, n_head, n_embd). All use block_size 1024.
 MODEL_PRESETS = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024),  # 124M, 350M
                  "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}  # 774M, 1558M
-ARCHS = ("gpt2", "modern")
+ARCHS = ("gpt2", "modern", "speedrun")
+RMS_EPS = 1e-6  # speedrun's norms (NanoChat's default in transformers)
 
 
 def mlp_hidden_size(config):
-    """GPT-2: 4x the width. SwiGLU has three matrices instead of two, so 2/3 of that keeps the
-    parameter count (3*C*H ~= 8*C*C at H = 8C/3), rounded to a multiple of 64 for the GPU."""
-    if config.arch == "gpt2":
+    """GPT-2 and speedrun: 4x the width. SwiGLU has three matrices instead of two, so 2/3 of that
+    keeps the parameter count (3*C*H ~= 8*C*C at H = 8C/3), rounded to a multiple of 64."""
+    if config.arch != "modern":
         return 4 * config.n_embd
     return 64 * round(8 * config.n_embd / 3 / 64)
 
@@ -90,6 +95,11 @@ def rope_tables(seq_len, head_dim, base):
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
     return angles.cos(), angles.sin()
+
+
+def rms_norm(x):
+    """Weight-free RMSNorm over the last dimension, computed in fp32 (as NanoChat's)."""
+    return F.rms_norm(x.float(), (x.size(-1),), eps=RMS_EPS).type_as(x)
 
 
 def apply_rope(x, cos, sin):
@@ -104,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         bias = config.arch == "gpt2"
-        self.n_head = config.n_head
+        self.n_head, self.qk_norm = config.n_head, config.arch == "speedrun"
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.c_proj.RESIDUAL_PROJECTION = True  # scaled down at init, see GPT._init_weights
@@ -119,6 +129,8 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope[0][:T], rope[1][:T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:  # each head's q and k to unit RMS, after RoPE as in NanoChat
+            q, k = rms_norm(q), rms_norm(k)
         # flash / memory-efficient attention; is_causal needs no mask buffer
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -126,16 +138,17 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GPT-2: Linear -> GELU (tanh) -> Linear. Modern: SwiGLU, silu(x W_gate) * (x W_up) -> down."""
+    """GPT-2: Linear -> GELU (tanh) -> Linear. Modern: SwiGLU, silu(x W_gate) * (x W_up) -> down.
+    Speedrun: Linear -> relu(h)^2 -> Linear."""
 
     def __init__(self, config):
         super().__init__()
-        self.swiglu = config.arch == "modern"
+        self.swiglu, self.relu2 = config.arch == "modern", config.arch == "speedrun"
         hidden = mlp_hidden_size(config)
         # for SwiGLU, the gate and up projections are one matmul of twice the width
         width = 2 * hidden if self.swiglu else hidden
-        self.c_fc = nn.Linear(config.n_embd, width, bias=not self.swiglu)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=not self.swiglu)
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.arch == "gpt2")
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.arch == "gpt2")
         self.c_proj.RESIDUAL_PROJECTION = True
 
     def forward(self, x):
@@ -143,6 +156,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2 used the tanh approximation
         return self.c_proj(h)
@@ -151,6 +166,8 @@ class MLP(nn.Module):
 def make_norm(config):
     if config.arch == "gpt2":
         return nn.LayerNorm(config.n_embd)  # eps 1e-5 and a bias, as GPT-2
+    if config.arch == "speedrun":
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS, elementwise_affine=False)  # no weights
     return nn.RMSNorm(config.n_embd, eps=1e-5)
 
 
@@ -183,15 +200,26 @@ class GPT(nn.Module):
         modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.tied = config.arch != "speedrun"
+        if self.tied:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.activation_checkpointing = False  # --activation_checkpointing, see forward
-        if config.arch == "modern":
+        if config.arch != "gpt2":
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head,
                                    config.rope_base)
+            # speedrun rotates the other way, as modded-nanogpt and NanoChat (same quality)
+            sin = -sin if config.arch == "speedrun" else sin
             # not persistent: derived from the config, so checkpoints hold the weights only
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        if config.arch == "speedrun":  # modded-nanogpt's init: the embedding N(0, 1) (a norm
+            # follows it), the residual projections and the head zero
+            nn.init.normal_(self.transformer.wte.weight)
+            for block in self.transformer.h:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -206,11 +234,14 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Parameters counted once (the tied head is the token embedding); non_embedding leaves
-        out the position embedding, as the MFU formula wants."""
+        """Parameters counted once (a tied head is the token embedding); non_embedding leaves
+        out the lookups, as the MFU formula wants: the position embedding, and the token
+        embedding when the head is untied (a tied one is the head's matmul)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.tied:
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(self, idx, targets=None):
@@ -226,6 +257,8 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
         else:
             rope = (self.rope_cos, self.rope_sin)
+        if self.config.arch == "speedrun":
+            x = self.transformer.ln_f(x)  # speedrun normalises the embedding too (no weights)
         for block in self.transformer.h:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # keep only the block's input; its insides are recomputed in the backward:
@@ -235,6 +268,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V), bf16 under autocast
+        if cap := self.config.logit_softcap:  # in fp32, as modded-nanogpt
+            logits = cap * torch.tanh(logits.float() / cap)
         if targets is None:
             return logits, None
         # the loss in fp32 whatever the autocast dtype; torch.compile fuses the upcast into its
@@ -262,36 +297,44 @@ class GPT(nn.Module):
 
 # --- export to Hugging Face transformers. GPT-2 keeps our names but stores these four weights
 # as Conv1D, (in, out) where nn.Linear has (out, in). --arch modern is exactly Llama's
-# architecture (RoPE rotating halves, SwiGLU, RMSNorm, no biases), under other names.
+# architecture (RoPE rotating halves, SwiGLU, RMSNorm, no biases), --arch speedrun exactly
+# NanoChat's (its RoPE direction, QK-norm after RoPE, ReLU^2, soft-cap), under other names.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 LLAMA_NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
                "attn.c_proj": "self_attn.o_proj", "mlp.c_proj": "mlp.down_proj"}
+NANOCHAT_NAMES = {"attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 
 
 def llama_state_dict(sd, config):
-    """Our --arch modern weights under LlamaForCausalLM's names; q/k/v and gate/up split."""
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
-           "model.norm.weight": sd["transformer.ln_f.weight"]}
+    """Our --arch modern weights under LlamaForCausalLM's names, speedrun's under
+    NanoChatForCausalLM's (no norm weights, its own head); q/k/v and gate/up split."""
+    speedrun = config.arch == "speedrun"
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"]}
+    out |= {"lm_head.weight": sd["lm_head.weight"]} if speedrun else {
+        "model.norm.weight": sd["transformer.ln_f.weight"]}
     for i in range(config.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
         q, k, v = sd[ours + "attn.c_attn.weight"].chunk(3)
-        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
-        parts = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v,
-                 "mlp.gate_proj": gate, "mlp.up_proj": up}
-        parts |= {b: sd[f"{ours}{a}.weight"] for a, b in LLAMA_NAMES.items()}
+        parts = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v}
+        if not speedrun:
+            parts["mlp.gate_proj"], parts["mlp.up_proj"] = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        names = NANOCHAT_NAMES if speedrun else LLAMA_NAMES
+        parts |= {b: sd[f"{ours}{a}.weight"] for a, b in names.items()}
         out |= {f"{theirs}{name}.weight": w for name, w in parts.items()}
     return out
 
 
 def export_to_transformers(model, out_dir):
     """A transformers folder (config, safetensors, GPT-2 tokenizer files; the vocab cut back to
-    50257): GPT2LMHeadModel for --arch gpt2, LlamaForCausalLM for modern. transformers
+    50257): GPT2LMHeadModel for --arch gpt2, LlamaForCausalLM for modern, NanoChatForCausalLM
+    for speedrun. transformers
     pipelines, lm-evaluation-harness and hellaswag.py load it with AutoModelForCausalLM."""
     import transformers as tf
 
     c = model.config
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][:GPT2_VOCAB]
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        sd[name] = sd[name][:GPT2_VOCAB]
     common = dict(vocab_size=GPT2_VOCAB, bos_token_id=EOT, eos_token_id=EOT)
     if c.arch == "gpt2":
         hf = tf.GPT2LMHeadModel(tf.GPT2Config(
@@ -299,6 +342,14 @@ def export_to_transformers(model, out_dir):
             activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             layer_norm_epsilon=1e-5, **common))
         weights = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}
+    elif c.arch == "speedrun":
+        hf = tf.NanoChatForCausalLM(tf.NanoChatConfig(
+            hidden_size=c.n_embd, intermediate_size=mlp_hidden_size(c), num_hidden_layers=c.n_layer,
+            num_attention_heads=c.n_head, num_key_value_heads=c.n_head, hidden_act="relu2",
+            max_position_embeddings=c.block_size, rms_norm_eps=RMS_EPS, pad_token_id=None,
+            rope_parameters={"rope_type": "default", "rope_theta": c.rope_base},
+            final_logit_softcapping=c.logit_softcap or None, tie_word_embeddings=False, **common))
+        weights = llama_state_dict(sd, c)
     else:
         hf = tf.LlamaForCausalLM(tf.LlamaConfig(
             hidden_size=c.n_embd, intermediate_size=mlp_hidden_size(c), num_hidden_layers=c.n_layer,
@@ -306,7 +357,8 @@ def export_to_transformers(model, out_dir):
             max_position_embeddings=c.block_size, rms_norm_eps=1e-5, rope_theta=c.rope_base,
             tie_word_embeddings=True, **common))
         weights = llama_state_dict(sd, c)
-    weights.pop("lm_head.weight", None)  # tied to the token embedding
+    if model.tied:
+        weights.pop("lm_head.weight", None)  # tied to the token embedding
     missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in weights.items()},
                                              strict=False)
     if set(missing) - {"lm_head.weight"} or unexpected:
@@ -320,6 +372,9 @@ def export_to_transformers(model, out_dir):
         for ours, theirs in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe")):
             with open(os.path.join(out_dir, ours), "wb") as f:
                 f.write(read_file_cached(base + theirs))
+        # which class reads them: Llama and NanoChat folders have no GPT-2 tokenizer of their own
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "GPT2Tokenizer"}, f)
     except Exception as e:  # the weights work with any GPT-2 tokenizer
         print(f"note: no tokenizer files written ({e}); use AutoTokenizer.from_pretrained('gpt2')")
 
@@ -467,13 +522,18 @@ class ValSet:
 # 3. The optimizer and the learning-rate schedule
 
 
-def lr_factor(step, warmup_steps, max_steps, min_lr_ratio):
+def lr_factor(step, warmup_steps, max_steps, min_lr_ratio, schedule="cosine", cooldown_frac=0.0):
     """build-nanogpt's schedule as a multiple of the peak LR: a linear warmup to 1 over
-    warmup_steps, then a cosine down to min_lr_ratio at max_steps (and flat after it)."""
+    warmup_steps, then a cosine down to min_lr_ratio at max_steps (and flat after it).
+    "wsd", warmup-stable-decay (arXiv:2405.18392): after the warmup flat at 1, then a straight
+    line down to min_lr_ratio over the last cooldown_frac of the steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr_ratio
+    if schedule == "wsd":
+        left, cooldown = max_steps - step, cooldown_frac * max_steps
+        return 1.0 if left >= cooldown else min_lr_ratio + (1 - min_lr_ratio) * left / cooldown
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
@@ -500,18 +560,29 @@ def muon_params(model):
 def configure_optimizers(model, args, device_type):
     """-> (optimizers, their settings for config.json). AdamW decays only tensors of >= 2 dims
     (not biases and norm gains) and is fused on CUDA; with --optimizer muon the block matrices go
-    to torch.optim.Muon instead. Every parameter is in exactly one group."""
+    to torch.optim.Muon instead. An untied head and its embedding get AdamW groups of their own
+    (--head_lr, --embed_lr; default --max_lr). Every parameter is in exactly one group, and each
+    group's "lr" is its peak LR."""
     hidden = muon_params(model) if args.optimizer == "muon" else []
-    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    own = [] if model.tied else [(model.transformer.wte.weight, args.embed_lr),
+                                 (model.lm_head.weight, args.head_lr)]
+    apart = hidden + [p for p, _ in own]
+    rest = [p for p in model.parameters() if all(p is not q for q in apart)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]] + [{"params": [p], "lr": lr or args.max_lr,
+                                                    "weight_decay": args.weight_decay}
+                                                   for p, lr in own]
     optimizers = [torch.optim.AdamW(groups, lr=args.max_lr, fused=device_type == "cuda", **ADAMW)]
     settings = {"adamw": dict(lr=args.max_lr, **ADAMW, weight_decay=args.weight_decay,
-                              params=sum(p.numel() for p in rest))}
+                              params=sum(p.numel() for g in groups for p in g["params"]))}
+    if own:
+        settings["adamw"] |= dict(embed_lr=groups[-2]["lr"], head_lr=groups[-1]["lr"])
     if hidden:
+        muon = MUON | ({"adjust_lr_fn": args.muon_adjust_lr} if args.muon_adjust_lr else {})
         optimizers.append(torch.optim.Muon(hidden, lr=args.muon_lr, momentum=args.muon_momentum,
-                                           weight_decay=args.weight_decay, **MUON))
-        settings["muon"] = dict(lr=args.muon_lr, momentum=args.muon_momentum, **MUON,
+                                           weight_decay=args.weight_decay, **muon))
+        settings["muon"] = dict(lr=args.muon_lr, momentum=args.muon_momentum, **muon,
                                 weight_decay=args.weight_decay,
                                 params=sum(p.numel() for p in hidden))
     return optimizers, settings
@@ -535,12 +606,13 @@ def clip_grad_norm(model, max_norm, fsdp):
 
 # A checkpoint continues a run only with these settings unchanged: they fix the model, the data
 # order and the optimizer.
-SAME_RUN = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "seq_len",
-            "total_batch", "seed", "shuffle", "optimizer")
+SAME_RUN = ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "logit_softcap",
+            "seq_len", "total_batch", "seed", "shuffle", "optimizer")
 # These shape the rest of the run: the same command refuses a change, --resume makes it on
 # purpose, and config.json records it (step, old, new). data_dir: the tokens from that step on.
-SCHEDULE = ("max_steps", "warmup_steps", "max_lr", "muon_lr", "min_lr_ratio", "weight_decay",
-            "grad_clip", "muon_momentum", "data_dir")
+SCHEDULE = ("recipe", "max_steps", "warmup_steps", "lr_schedule", "cooldown_frac", "max_lr",
+            "muon_lr", "embed_lr", "head_lr", "min_lr_ratio", "weight_decay", "grad_clip",
+            "muon_momentum", "muon_adjust_lr", "data_dir")
 
 
 def checkpoint_path(log_dir, step):
@@ -647,8 +719,8 @@ def set_aside_other_timeline(log_dir, path, step):
 def lr_jump(args, changes, step):
     """A note when --resume changed the LR at the step it continues from (old schedule -> new)."""
     old = vars(args) | {k: before for k, before, _ in changes}
-    lrs = [a["max_lr"] * lr_factor(step, a["warmup_steps"], a["max_steps"], a["min_lr_ratio"])
-           for a in (old, vars(args))]
+    lrs = [a["max_lr"] * lr_factor(step, a["warmup_steps"], a["max_steps"], a["min_lr_ratio"],
+                                   a["lr_schedule"], a["cooldown_frac"]) for a in (old, vars(args))]
     return f"note: the LR at step {step} jumps {lrs[0]:.4e} -> {lrs[1]:.4e} (the schedule " \
         f"changed)" if lrs[0] != lrs[1] else None
 
@@ -656,7 +728,9 @@ def lr_jump(args, changes, step):
 def compare_settings(args, model_config, ckpt, path):
     """-> the schedule changes [(name, old, new)] that --resume makes on purpose; a UserError
     listing the differences when the checkpoint cannot continue with these settings."""
-    theirs, ours = ckpt["args"] | ckpt["config"], vars(args) | asdict(model_config)
+    # checkpoints from before --lr_schedule were cosine
+    theirs = {"lr_schedule": "cosine"} | ckpt["args"] | ckpt["config"]
+    ours = vars(args) | asdict(model_config)
     real = lambda k, v: os.path.realpath(v) if k == "data_dir" and v else v  # noqa: E731
     differ = [(k, theirs.get(k), ours[k]) for k in SAME_RUN + SCHEDULE
               if real(k, theirs.get(k)) != real(k, ours[k])]  # a folder, however it is spelt
@@ -826,8 +900,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # Per-arch defaults. gpt2: build-nanogpt's (the GPT-3 paper's 124M LR, a 375M-token warmup).
 # modern: the seed's run (RoPE + SwiGLU + RMSNorm, 2 epochs: val 2.99, HellaSwag 0.32), which
 # takes a 3x higher LR and a shorter warmup.
+# speedrun: modern's, and modded-nanogpt's soft-cap of 15 (its record 18).
 ARCH_DEFAULTS = {"gpt2": {"max_lr": 6e-4, "warmup_steps": 715},
-                 "modern": {"max_lr": 1.8e-3, "warmup_steps": 285}}
+                 "modern": {"max_lr": 1.8e-3, "warmup_steps": 285},
+                 "speedrun": {"max_lr": 1.8e-3, "warmup_steps": 285, "logit_softcap": 15.0}}
+# The defaults of the settings a recipe or an arch may change; a flag given explicitly wins.
+DEFAULTS = dict(arch="gpt2", optimizer="adamw", lr_schedule="cosine", cooldown_frac=0.2,
+                max_steps=19073, weight_decay=0.1, min_lr_ratio=0.1)
+# --recipe fast: the modded-nanogpt 124M speedrun as of its record 8 (untied head, 3.2762 val
+# loss on FineWeb after 4,578 steps of 524,288 tokens on 8xH100) with --arch speedrun's
+# soft-cap: Muon at its LR and scaling, no weight decay, Adam LRs of its own for the embedding
+# and the head, no warmup, a linear cooldown to zero over the last 1,308 of the 4,578 steps.
+# Claimed elsewhere, not measured here; each value's source is in improvements_plan.md.
+RECIPES = {"fast": dict(arch="speedrun", optimizer="muon", muon_lr=0.02, muon_adjust_lr="original",
+                        weight_decay=0.0, embed_lr=0.3, head_lr=0.002, lr_schedule="wsd",
+                        cooldown_frac=0.286, warmup_steps=0, min_lr_ratio=0.0, max_steps=4578)}
+# Settings that mean something only with another one: name -> (setting, value).
+NEEDS = {"muon_lr": ("optimizer", "muon"), "muon_adjust_lr": ("optimizer", "muon"),
+         "embed_lr": ("arch", "speedrun"), "head_lr": ("arch", "speedrun"),
+         "logit_softcap": ("arch", "speedrun"), "cooldown_frac": ("lr_schedule", "wsd")}
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -842,9 +933,14 @@ def get_args(argv=None):
       "(another one in the middle of a run: with --resume)")
     a("--log_dir", default="log", help="log.txt, config.json, samples.txt and checkpoints")
     a("--model", default="gpt2", choices=list(MODEL_PRESETS), help="GPT-2 size preset")
-    a("--arch", default="gpt2", choices=ARCHS, help="modern: RoPE + SwiGLU + RMSNorm, no biases")
+    a("--recipe", choices=list(RECIPES), help="fast: --arch speedrun, Muon, WSD and 2.4B tokens "
+      "(see README.md and improvements_plan.md); explicit flags override its values")
+    a("--arch", choices=ARCHS, help="modern: RoPE + SwiGLU + RMSNorm, no biases; speedrun: "
+      "RoPE + QK-norm + ReLU^2, weight-free RMSNorm, untied head (default: gpt2)")
+    a("--logit_softcap", type=number(float), help="speedrun: logits = c*tanh(logits/c), 0 = off "
+      "(default: 15)")
     a("--n_layer", type=pos, help="layers (default: the preset's, 12 for gpt2)")
-    a("--n_head", type=pos, help="attention heads (default: the preset's)")
+    a("--n_head", type=pos, help="attention heads (default: the preset's; speedrun: heads of 128)")
     a("--n_embd", type=pos, help="width (default: the preset's, 768 for gpt2)")
     a("--block_size", type=pos, default=1024, help="longest sequence the model takes")
     a("--vocab_size", type=number(low=GPT2_VOCAB), default=50304, help="embedding rows")
@@ -852,15 +948,27 @@ def get_args(argv=None):
     a("--seq_len", type=pos, default=1024, help="tokens per training sequence")
     a("--total_batch", type=pos, help="tokens per optimizer step over all GPUs (default: "
       "524288; with --benchmark one micro-batch per GPU)")
-    a("--max_steps", type=pos, default=19073, help="optimizer steps (x 524288 = 10B tokens)")
-    a("--warmup_steps", type=nonneg, help="LR warmup steps (default: 715 gpt2, 285 modern)")
-    a("--optimizer", default="adamw", choices=["adamw", "muon"], help="muon: torch.optim.Muon "
-      "(torch >= 2.9) for the block matrices, AdamW for the rest")
-    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern)")
+    a("--max_steps", type=pos, help="optimizer steps (default: 19073, x 524288 = 10B tokens; "
+      "fast: 4578)")
+    a("--warmup_steps", type=nonneg, help="LR warmup steps (default: 715 gpt2, 285 modern, "
+      "speedrun; fast: 0)")
+    a("--optimizer", choices=["adamw", "muon"], help="muon: torch.optim.Muon (torch >= 2.9) for "
+      "the block matrices, AdamW for the rest (default: adamw)")
+    a("--max_lr", type=lr, help="peak AdamW LR (default: 6e-4 gpt2, 1.8e-3 modern, "
+      "speedrun)")
     a("--muon_lr", type=lr, help="peak Muon LR (default: 2 x --max_lr)")
+    a("--muon_adjust_lr", choices=["match_rms_adamw", "original"], help="Muon's LR per matrix "
+      "shape (torch's adjust_lr_fn; default: match_rms_adamw, fast: original)")
+    a("--embed_lr", type=lr, help="speedrun: peak AdamW LR of the token embedding "
+      "(default: --max_lr)")
+    a("--head_lr", type=lr, help="speedrun: peak AdamW LR of the head (default: --max_lr)")
+    a("--lr_schedule", choices=["cosine", "wsd"], help="cosine (build-nanogpt's) or wsd: flat, "
+      "then linear to the floor (default: cosine)")
+    a("--cooldown_frac", type=number(float, 0, 1), help="wsd: the LR falls over this last "
+      "fraction of the steps (default: 0.2)")
     a("--muon_momentum", type=number(float, 0, 1), default=0.95, help="Muon's Nesterov momentum")
-    a("--min_lr_ratio", type=number(float, 0, 1), default=0.1, help="final LR / peak LR")
-    a("--weight_decay", type=number(float), default=0.1, help="decoupled weight decay")
+    a("--min_lr_ratio", type=number(float, 0, 1), help="final LR / peak LR (default: 0.1)")
+    a("--weight_decay", type=number(float), help="decoupled weight decay (default: 0.1)")
     a("--grad_clip", type=number(float), default=1.0, help="max global grad norm; 0 = none")
     a("--seed", type=number(high=2**63 - 1), default=1337, help="model init and data order")
     a("--shuffle", type=int, default=1, choices=[0, 1], help="reshuffle shards and sequences "
@@ -913,15 +1021,23 @@ def get_args(argv=None):
 
 def model_config_from_args(args):
     n_layer, n_head, n_embd = MODEL_PRESETS[args.model]
+    n_embd = args.n_embd or n_embd
+    if args.arch == "speedrun" and n_embd % 128 == 0:
+        n_head = n_embd // 128  # modded-nanogpt's heads of 128: 6 at width 768
     return GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size, arch=args.arch,
                      n_layer=args.n_layer or n_layer, n_head=args.n_head or n_head,
-                     n_embd=args.n_embd or n_embd)
+                     n_embd=n_embd, logit_softcap=args.logit_softcap)
 
 
 def resolve_defaults(args, world_size):
-    """Fill in the defaults that depend on other arguments."""
-    for name, value in ARCH_DEFAULTS[args.arch].items():
-        if getattr(args, name) is None:
+    """Fill in the defaults that depend on other arguments: an explicit flag wins over the
+    recipe, the recipe over the arch's defaults, and those over DEFAULTS. A setting is filled
+    in only where it means something (NEEDS)."""
+    recipe = RECIPES.get(args.recipe, {})
+    args.arch = args.arch or recipe.get("arch", DEFAULTS["arch"])
+    for name, value in (DEFAULTS | ARCH_DEFAULTS[args.arch] | recipe).items():
+        setting, needed = NEEDS.get(name, (None, None))
+        if getattr(args, name) is None and (setting is None or getattr(args, setting) == needed):
             setattr(args, name, value)
     if args.muon_lr is None and args.optimizer == "muon":
         args.muon_lr = MUON_LR_MULTIPLE * args.max_lr
@@ -945,8 +1061,8 @@ def validate_args(args, world_size):
     c = model_config_from_args(args)
     if c.n_embd % c.n_head:
         raise UserError(f"--n_embd {c.n_embd} is not divisible by --n_head {c.n_head}")
-    if c.arch == "modern" and (c.n_embd // c.n_head) % 2:
-        raise UserError(f"--arch modern needs an even head size for RoPE; n_embd/n_head = "
+    if c.arch != "gpt2" and (c.n_embd // c.n_head) % 2:
+        raise UserError(f"--arch {c.arch} needs an even head size for RoPE; n_embd/n_head = "
                         f"{c.n_embd // c.n_head}")
     if args.seq_len > c.block_size:
         raise UserError(f"--seq_len {args.seq_len} is longer than the block size {c.block_size}")
@@ -955,8 +1071,9 @@ def validate_args(args, world_size):
                         f"{args.seq_len} (or pass --val_every 0)")
     if args.sample_every and not args.sample_prompt:
         raise UserError("--sample_prompt is empty; give a prompt, or --sample_every 0")
-    if args.optimizer != "muon" and args.muon_lr is not None:
-        raise UserError("--muon_lr is used only with --optimizer muon")
+    for name, (setting, value) in NEEDS.items():  # resolve_defaults fills these only if used
+        if getattr(args, name) is not None and getattr(args, setting) != value:
+            raise UserError(f"--{name} is used only with --{setting} {value}")
     if args.fsdp and "RANK" not in os.environ:
         raise UserError("--fsdp shards the model over the processes of a torchrun job; start it "
                         "with torchrun --nproc_per_node=N")
@@ -1120,14 +1237,15 @@ def any_rank(flag, device):
 
 def shard_model(model, dtype):
     """--fsdp (FSDP2): each block's weights, gradients and optimizer states are split over the
-    GPUs and gathered (in bf16) only while that block runs; then the rest (the embeddings with the
-    tied head, the final norm) the same way. Gradients are reduced in fp32."""
+    GPUs and gathered (in bf16) only while that block runs; so is an untied head; then the rest
+    (the embeddings, with a tied head, and the final norm) the same way. Gradients are reduced
+    in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if dtype == "bf16" else None,
                                   reduce_dtype=torch.float32)
-    for block in model.transformer.h:
-        fully_shard(block, mp_policy=policy)
+    for module in [*model.transformer.h] + ([] if model.tied else [model.lm_head]):
+        fully_shard(module, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
 
 
@@ -1136,22 +1254,26 @@ def memory_estimate(config, args, n_params, n_muon, world_size):
     gradients (8 bytes a parameter) and the optimizer's moments (AdamW 8, Muon 4), split over the
     GPUs with --fsdp; activations ~34 bytes per token, layer and channel in bf16 (Korthikanti et
     al. 2022, with flash attention), with --activation_checkpointing only each block's 2-byte
-    input and one block recomputed; and the logits (bf16, and fp32 for the loss). Against
+    input and one block recomputed; and the logits (bf16, and fp32 for the loss). Speedrun
+    keeps q and k before their norm (4 bytes per layer and channel) and its soft-capped fp32
+    logits; n_params counts its untied head. Against
     build-nanogpt compiled on an H100 at micro-batch 16 / 32 / 64: 11.2 / 20.6 / 39.4 GiB
     here, 12.0 / 21.7 / 41.2 GiB measured."""
     states = (16 * n_params - 4 * n_muon) / (world_size if args.fsdp else 1)
     C, L = config.n_embd, config.n_layer
-    per_token = (2 * L * C + 34 * C) if args.activation_checkpointing else 34 * L * C
-    activations = args.micro_batch * args.seq_len * (per_token + 6 * config.vocab_size)
+    per_layer = (38 if config.arch == "speedrun" else 34) * C
+    per_token = (2 * L * C + per_layer) if args.activation_checkpointing else L * per_layer
+    per_logit = 10 if config.logit_softcap else 6
+    activations = args.micro_batch * args.seq_len * (per_token + per_logit * config.vocab_size)
     return states / 2**30, activations / 2**30
 
 
 def check_cpu_memory(args, config, device, world_size):
     """On CPU, before the model is built: a run that memory_estimate() says cannot fit in this
     machine's RAM is refused (the estimate is low there: activations in fp32, not bf16)."""
-    C, H, processes = config.n_embd, mlp_hidden_size(config), os.environ.get("LOCAL_WORLD_SIZE", 1)
-    per_layer = 4 * C * C + (2 if config.arch == "gpt2" else 3) * C * H  # attention + MLP
-    n_params = config.n_layer * per_layer + (config.vocab_size + config.block_size) * C
+    processes = os.environ.get("LOCAL_WORLD_SIZE", 1)
+    with torch.device("meta"):  # counted without memory: any arch, an untied head included
+        n_params = GPT(config).num_params()
     need = sum(memory_estimate(config, args, n_params, 0, world_size)) * int(processes)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if device.type == "cpu" and need > ram:
@@ -1172,7 +1294,8 @@ def peak_flops(name, override_tflops=None):
 
 def flops_per_token(model, seq_len):
     """6N + 12*L*H*Q*T: forward+backward matmul FLOPs per token (PaLM, appendix B), N without
-    the position embedding, Q the head size, T the attended length."""
+    the lookups (the position embedding, an untied token embedding; any head is a matmul and
+    counts), Q the head size, T the attended length."""
     c = model.config
     attention = 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
     return 6 * model.num_params(non_embedding=True) + attention
@@ -1526,7 +1649,7 @@ class Run:
     raw_model: GPT = None
     model: nn.Module = None
     optimizers: list = None
-    peak_lrs: list = None  # one per optimizer
+    peak_lrs: list = None  # per optimizer, one per parameter group
     optimizer_settings: dict = None
     scaler: torch.amp.GradScaler = None  # fp16 only
     estimate: tuple = (0.0, 0.0)  # memory_estimate()
@@ -1627,14 +1750,18 @@ def build_model(run):
             gradient_as_bucket_view=True, **DDP_NO_BUFFER_SYNC)
     run.optimizers, run.optimizer_settings = configure_optimizers(run.raw_model, args,
                                                                   device.type)
-    run.peak_lrs = [args.max_lr, args.muon_lr][:len(run.optimizers)]
+    # each group's peak LR, as configured (before a checkpoint overwrites the groups' "lr")
+    run.peak_lrs = [[group["lr"] for group in opt.param_groups] for opt in run.optimizers]
     run.scaler = torch.amp.GradScaler(device.type) if run.dtype == "fp16" else None
-    n_params = run.raw_model.num_params()
-    run.log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters, {run.dtype}, "
-                  f"compile {run.compiled}, {run.world_size} process(es), {run.grad_accum} "
-                  f"micro-steps per step")
-    run.log.print("optimizer: " + "; ".join(f"{name} lr {s['lr']:g} on {s['params']:,} params"
-                                            for name, s in run.optimizer_settings.items()))
+    n_params, head = run.raw_model.num_params(), run.raw_model.lm_head.weight.numel()
+    head = "" if run.raw_model.tied else f" ({head:,} in the untied head)"
+    run.log.print(f"model: {args.model} arch={args.arch} {n_params:,} parameters{head}, "
+                  f"{run.dtype}, compile {run.compiled}, {run.world_size} process(es), "
+                  f"{run.grad_accum} micro-steps per step")
+    run.log.print("optimizer: " + "; ".join(
+        f"{name} lr {s['lr']:g}" + (f" (embedding {s['embed_lr']:g}, head {s['head_lr']:g})"
+                                    if "head_lr" in s else "") + f" on {s['params']:,} params"
+        for name, s in run.optimizer_settings.items()))
     run.flops = flops_per_token(run.raw_model, args.seq_len)
     run.peak = peak_flops(device_name(device), args.peak_tflops)
     n_muon = run.optimizer_settings.get("muon", {}).get("params", 0)
@@ -1824,9 +1951,10 @@ def train(args):
             for optimizer in run.optimizers:
                 run.scaler.unscale_(optimizer)
         norm = clip_grad_norm(raw_model, args.grad_clip or math.inf, args.fsdp)
-        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        for optimizer, peak_lr in zip(run.optimizers, run.peak_lrs):
-            for group in optimizer.param_groups:
+        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_ratio,
+                           args.lr_schedule, args.cooldown_frac)
+        for optimizer, peak_lrs in zip(run.optimizers, run.peak_lrs):
+            for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
                 group["lr"] = peak_lr * factor
         loss_value, norm_value = torch.stack([loss_accum, norm.to(loss_accum)]).tolist()  # 1 sync
         if not math.isfinite(loss_value) or (not run.scaler and not math.isfinite(norm_value)):
@@ -1989,7 +2117,8 @@ def export_checkpoint(path, out_dir):
     model = GPT(GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     export_to_transformers(model, out_dir)
-    kind = "GPT2LMHeadModel" if model.config.arch == "gpt2" else "LlamaForCausalLM"
+    kind = {"gpt2": "GPT2LMHeadModel", "modern": "LlamaForCausalLM",
+            "speedrun": "NanoChatForCausalLM"}[model.config.arch]
     print(f"exported {path} to {out_dir}, a transformers {kind}: evaluate it with "
           f"`python hellaswag.py --model {out_dir}`")
 

@@ -139,15 +139,16 @@ def state_dicts_equal(a, b):
 
 
 def export_logit_gap(ckpt_path, hf_dir):
-    """The largest |logit| difference between a checkpoint and its transformers export (a
-    GPT2LMHeadModel) on two seeded rows of 40 tokens; -> (gap, the export's logits shape)."""
-    from transformers import GPT2LMHeadModel
+    """The largest |logit| difference between a checkpoint and its transformers export (loaded
+    by AutoModelForCausalLM) on two seeded rows of 40 tokens; -> (gap, the export's logits
+    shape)."""
+    from transformers import AutoModelForCausalLM
 
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     ours = tg.GPT(tg.GPTConfig(**saved["config"])).eval()
     ours.load_state_dict(saved["model"])
     idx = torch.randint(0, tg.GPT2_VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        theirs = GPT2LMHeadModel.from_pretrained(hf_dir).eval()(idx).logits
+        theirs = AutoModelForCausalLM.from_pretrained(hf_dir).eval()(idx).logits
         mine, _ = ours(idx)
     return (theirs - mine[..., :tg.GPT2_VOCAB]).abs().max().item(), tuple(theirs.shape)
