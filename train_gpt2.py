@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -763,23 +763,25 @@ def cut_back_log(path, step, keep_evals):
 LOCKED = {}  # log dir -> the open folder this process holds locked, until it exits
 
 
-def check_folder(path, flag, master=True, device="cpu"):
+def check_folder(path, flag, device="cpu"):
     """Rank 0 makes the missing folders of --log_dir / --export_dir (and removes them again)
     before the work starts: a UserError on every rank if it cannot."""
-    error, missing, parent = None, [], os.path.abspath(path)
-    while master and not os.path.lexists(parent):  # the folders to make, deepest first
-        missing, parent = missing + [parent], os.path.dirname(parent)
-    try:
-        if master and not os.path.isdir(parent):
-            error = f"{flag} {path}: {parent} is a file, not a folder; pass another {flag}"
-        elif master:
+    def try_making():
+        missing, parent = [], os.path.abspath(path)
+        while not os.path.lexists(parent):  # the folders to make, deepest first
+            missing, parent = missing + [parent], os.path.dirname(parent)
+        try:
+            if not os.path.isdir(parent):
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; pass another "
+                                f"{flag}")
             os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        error = f"{flag} {path} cannot be made ({e.strerror}); pass a folder you can write to"
-    for folder in filter(os.path.isdir, missing):  # those it made
-        os.rmdir(folder)
-    if any_rank(error, device):
-        raise UserError(error)
+        except OSError as e:
+            raise UserError(f"{flag} {path} cannot be made ({e.strerror}); pass a folder you can "
+                            f"write to") from None
+        finally:
+            for folder in filter(os.path.isdir, missing):  # those it made
+                os.rmdir(folder)
+    rank0_tries(try_making, device, f"rank 0 cannot make {flag} {path}")
 
 
 def lock_log_dir(log_dir):
@@ -1272,8 +1274,11 @@ def check_cpu_memory(args, config, device, world_size):
     """On CPU, before the model is built: a run that memory_estimate() says cannot fit in this
     machine's RAM is refused (the estimate is low there: activations in fp32, not bf16)."""
     processes = os.environ.get("LOCAL_WORLD_SIZE", 1)
-    with torch.device("meta"):  # counted without memory: any arch, an untied head included
-        n_params = GPT(config).num_params()
+    # counted on meta models (no memory; any arch, an untied head included) of 1 and 2 layers:
+    # building --n_layer 100000000 layers, even on meta, would take minutes and all the RAM
+    with torch.device("meta"):
+        one, two = (GPT(replace(config, n_layer=n)).num_params() for n in (1, 2))
+    n_params = one + (config.n_layer - 1) * (two - one)
     need = sum(memory_estimate(config, args, n_params, 0, world_size)) * int(processes)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if device.type == "cpu" and need > ram:
@@ -1434,23 +1439,31 @@ class RunLog:
             self.live(step, {}, texts)
 
     def live(self, step, values, texts=(), sinks=None):
-        """A step's values as log.txt holds them, or its samples, to the live views; the first
-        time a target is reached (GPU-hours: world_size devices, on CPU one per process), one
-        line, and config.json records it."""
-        for sink in (self.sinks if sinks is None else sinks) if values or texts else []:
-            sink.log(step, values, texts)
-        for t in self.config.get("targets", []) if step >= self.start_step else []:
-            v, c, hours = values.get(t["metric"]), self.config, self.train_seconds / 3600
-            if v is None or not t["applies"] or t["reached"] or (v - t["target"]) * (
-                    1 if t["metric"] == "val" else -1) > 0:
+        """A step's values as log.txt holds them, or its samples, to the live views; then the
+        targets."""
+        if values or texts:
+            for sink in self.sinks if sinks is None else sinks:
+                sink.log(step, values, texts)
+        if step >= self.start_step:
+            self.check_targets(step, values)
+
+    def check_targets(self, step, values):
+        """The first time a target is reached: one line, and config.json records it (GPU-hours:
+        world_size devices; on CPU, one per process)."""
+        c, hours = self.config, self.train_seconds / 3600
+        for t in c.get("targets", []):
+            value = values.get(t["metric"])
+            if value is None or not t["applies"] or t["reached"]:
                 continue
+            if value > t["target"] if t["metric"] == "val" else value < t["target"]:
+                continue  # val loss: lower is better; HellaSwag: higher
+            tokens, gpu_hours = step * c["tokens_per_step"], hours * c["world_size"]
             usd = None if c["usd_per_hour"] is None else round(hours * c["usd_per_hour"], 2)
-            t["reached"] = dict(step=step, tokens=step * c["tokens_per_step"], value=v, usd=usd,
-                                train_hours=round(hours, 6),
-                                gpu_hours=round(hours * c["world_size"], 6))
-            self.print(f"target reached: {t['metric']} {v} (target {t['target']}) at step {step:,}"
-                       f", {tokens_text(step * c['tokens_per_step'])} tokens, {hours:.2f} h of "
-                       f"training (evaluations excluded), {hours * c['world_size']:.2f} GPU-hours"
+            t["reached"] = dict(step=step, tokens=tokens, value=value, usd=usd,
+                                train_hours=round(hours, 6), gpu_hours=round(gpu_hours, 6))
+            self.print(f"target reached: {t['metric']} {value} (target {t['target']}) at step "
+                       f"{step:,}, {tokens_text(tokens)} tokens, {hours:.2f} h of training "
+                       f"(evaluations excluded), {gpu_hours:.2f} GPU-hours"
                        + cost_text(hours * 3600, c["usd_per_hour"], ", ", ""))
             self.write_config(c)
 
@@ -1714,9 +1727,10 @@ def start_run(args):
     if args.benchmark:
         run.loader = RandomTokens(args.seq_len, args.micro_batch, args.seed + rank)
     else:
-        check_folder(args.log_dir, "--log_dir", rank == 0, device)
-        run.ckpt_path, ckpt = same_on_every_rank(lambda: find_checkpoint(args, run.log), lambda
-            found: f"{found[0]} (step {found[1]['step']})" if found[0] else "no checkpoint",
+        check_folder(args.log_dir, "--log_dir", device)
+        run.ckpt_path, ckpt = same_on_every_rank(
+            lambda: find_checkpoint(args, run.log),
+            lambda found: f"{found[0]} (step {found[1]['step']})" if found[0] else "no checkpoint",
             "every node must see one --log_dir, at the same path (a shared disk)")
         if ckpt is not None:
             run.changes = compare_settings(args, run.model_config, ckpt, run.ckpt_path)
