@@ -349,16 +349,25 @@ def summary_rows(run, summary=None):
     params = cfg.get("n_params")
     rows = [("arch", str(cfg.get("arch") or model.get("arch") or "unknown")
              + (f" ({shape})" if shape else "")),
-            ("parameters", f"{params:,} ({params / 1e6:.2f} M)" if params else "unknown"),
+            ("parameters", f"{params:,} ({params / 1e6:.2f} M"
+             + (", the untied head included" if model.get("arch") == "speedrun" else "") + ")"
+             if params else "unknown"),
             ("card", card + (f" (world_size {cfg['world_size']})" if "world_size" in cfg else "")),
             ("data", str(cfg.get("data_dir") or "unknown")
              + (f" ({cfg['train_tokens']:,} train tokens)" if cfg.get("train_tokens") else "")),
             ("optimizer", optimizer_text(cfg))]
+    if cfg.get("recipe"):
+        rows.append(("recipe", f"--recipe {cfg['recipe']} (its resolved values are the rows "
+                     f"here and the config table below)"))
     if {"max_lr", "min_lr_ratio", "warmup_steps", "max_steps"} <= cfg.keys():
+        wsd = cfg.get("lr_schedule") == "wsd"
+        shape = (f"flat, then linearly over the last {fmt(cfg.get('cooldown_frac'))} of the "
+                 f"steps" if wsd else "then a cosine")
         rows.append(("schedule", (
-            f"max_lr {fmt(cfg['max_lr'])}, {cfg['warmup_steps']} warmup steps, down to "
-            f"min_lr_ratio {fmt(cfg['min_lr_ratio'])} x max_lr = "
-            f"{cfg['max_lr'] * cfg['min_lr_ratio']:.4g} at max_steps {cfg['max_steps']}")))
+            f"{'warmup-stable-decay' if wsd else 'cosine'}: max_lr {fmt(cfg['max_lr'])}, "
+            f"{cfg['warmup_steps']} warmup steps, {shape} down to min_lr_ratio "
+            f"{fmt(cfg['min_lr_ratio'])} x max_lr = {cfg['max_lr'] * cfg['min_lr_ratio']:.4g} "
+            f"at max_steps {cfg['max_steps']}")))
     rows.append(("steps", f"{s['steps']:,}" + (f" of {cfg['max_steps']:,} (max_steps)"
                                                if cfg.get("max_steps") else "")))
     rows.append(("tokens per step", f"{s['tokens_per_step']:,}" if s["tokens_per_step"]

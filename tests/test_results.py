@@ -251,10 +251,12 @@ def check_writeup(md_path, log_path, config):
     assert rows["card"] == f"{gpus}{config['device_name']} (world_size {config['world_size']})"
     assert rows["data"] == f"{config['data_dir']} ({config['train_tokens']:,} train tokens)"
     check_optimizer(rows["optimizer"], config)
-    lr, warmup, ratio, min_lr, max_steps = re.fullmatch(
-        r"max_lr (\S+), (\d+) warmup steps, down to min_lr_ratio (\S+) x max_lr = (\S+) "
-        r"at max_steps (\d+)",
+    shape, lr, warmup, ratio, min_lr, max_steps = re.fullmatch(
+        r"(cosine|warmup-stable-decay): max_lr (\S+), (\d+) warmup steps, (?:then a cosine|flat, "
+        r"then linearly over the last \S+ of the steps) down to min_lr_ratio (\S+) x max_lr = "
+        r"(\S+) at max_steps (\d+)",
         rows["schedule"]).groups()
+    assert shape == ("warmup-stable-decay" if config.get("lr_schedule") == "wsd" else "cosine")
     assert (float(lr), int(warmup), float(ratio), int(max_steps)) == tuple(
         config[k] for k in ("max_lr", "warmup_steps", "min_lr_ratio", "max_steps"))
     assert is_rounding_of(min_lr, {config["max_lr"] * config["min_lr_ratio"]})

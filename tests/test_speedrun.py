@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train_gpt2 as tg
+from results import write_training_params as wtp
 from helpers import TINY, assert_one_error_line, checkpoints, export_logit_gap, ok, record_map, \
     records, run_cli, state_dicts_equal, work_dir
 from test_model import count_graphs
@@ -178,7 +179,8 @@ def test_a_changed_recipe_setting_is_refused_or_recorded_with_resume(single):
     ckpt = load(single)
 
     def compare(*argv):
-        args = tg.get_args([*argv, "--log_dir", str(single)])
+        args = tg.get_args([*argv, "--log_dir", str(single), "--data_dir",
+                            ckpt["args"]["data_dir"]])
         tg.resolve_defaults(args, 1)
         return tg.compare_settings(args, tg.model_config_from_args(args), ckpt, "model_00006.pt")
 
@@ -213,6 +215,13 @@ def test_fast_run_head_apart_weights_moved_and_wsd_logged(single):
     for step, _, v in records(single, names=("lr",)):
         expected = 1.8e-3 * tg.lr_factor(step, 2, 6, 0.0, "wsd", 0.286)
         assert float(v) == pytest.approx(expected, rel=1e-6)
+    # the write-up shows the resolved recipe: its schedule, the untied head, both optimizers
+    rows = dict(wtp.summary_rows(wtp.load_run(single)))
+    assert rows["recipe"].startswith("--recipe fast")
+    assert rows["schedule"].startswith("warmup-stable-decay: max_lr 0.0018, 2 warmup steps, flat, "
+                                       "then linearly over the last 0.286 of the steps")
+    assert "the untied head included" in rows["parameters"]
+    assert "embed_lr 0.3" in rows["optimizer"] and "Muon" in rows["optimizer"]
 
 
 def assert_same_training(a_dir, b_dir, what):
