@@ -31,7 +31,8 @@ VAL_LENGTH = 5000
 SEQ_LEN, VAL_TOKENS = 32, 2000
 
 
-def write_shards(data_dir, seed=0, train_lengths=TRAIN_LENGTHS, val_length=VAL_LENGTH, high=tg.GPT2_VOCAB):
+def write_shards(data_dir, seed=0, train_lengths=TRAIN_LENGTHS, val_length=VAL_LENGTH,
+                 high=tg.GPT2_VOCAB):
     """build-nanogpt style uint16 shards of random token ids < high."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ def real_hellaswag_file():
 
 
 def write_hellaswag_dir(out_dir, n=8, lines=None):
-    """A folder with a hellaswag_val.jsonl: the given lines, or the first n rows of the real file."""
+    """A folder with a hellaswag_val.jsonl: the given lines, or the first n rows of the real
+    file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if lines is None:
@@ -69,7 +71,8 @@ RUN_TIMEOUT = 600  # seconds; generous, the box is shared and noisy
 
 def cli_env(hellaswag_dir):
     env = dict(os.environ)
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT"):
         env.pop(key, None)  # never inherit a distributed job
     env["HELLASWAG_DIR"] = str(hellaswag_dir)
     env["PYTHONUNBUFFERED"] = "1"
@@ -95,21 +98,24 @@ def train_cmd(*args, ddp=False):
 
 
 def run_cli(env, *args, ddp=False, timeout=RUN_TIMEOUT):
-    return subprocess.run(train_cmd(*args, ddp=ddp), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(train_cmd(*args, ddp=ddp), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}"
+                                  f"\nstderr:\n{proc.stderr[-5000:]}")
     return proc
 
 
 def assert_one_error_line(stderr, returncode, *needles):
-    """The contract for bad input: exit code 1, exactly one stderr line 'error: ...', no traceback."""
+    """The contract for bad input: exit code 1, exactly one stderr line 'error: ...', no
+    traceback."""
     lines = stderr.splitlines()
     assert returncode == 1, f"exit {returncode}, stderr:\n{stderr[-5000:]}"
     assert "Traceback" not in stderr, stderr[-5000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one 'error:' line:\n{stderr[-5000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), \
+        f"stderr is not one 'error:' line:\n{stderr[-5000:]}"
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import train_gpt2 as tg
-from helpers import REPO, RUN_TIMEOUT, TINY, checkpoints, export_logit_gap, ok, record_map, records, run_cli, \
-    state_dicts_equal, train_cmd, work_dir
+from helpers import (REPO, RUN_TIMEOUT, TINY, checkpoints, export_logit_gap, ok, record_map,
+                     records, run_cli, state_dicts_equal, train_cmd, work_dir)
 
 # samples and HellaSwag too: under FSDP every rank must join every forward (5 examples in batches
 # of 2 over 2 ranks: rank 1 has a slot with nothing to score). At this LR the grad norm stays above
@@ -73,7 +73,8 @@ def test_fsdp_trains_like_ddp(ddp, fsdp):
         assert torch.allclose(mine["model"][k], ref["model"][k], atol=1e-5), k
 
 
-def continue_from(work, source, name, step, *extra, launch=lambda env, *args: run_cli(env, *args, ddp=True)):
+def continue_from(work, source, name, step, *extra,
+                  launch=lambda env, *args: run_cli(env, *args, ddp=True)):
     """A copy of a finished run's log dir as a kill at `step` leaves it (the later checkpoints
     gone, log.txt still holding records past it), continued by the same command (+ extra)."""
     log_dir = work["root"] / name
@@ -88,8 +89,10 @@ def continue_from(work, source, name, step, *extra, launch=lambda env, *args: ru
 
 def test_fsdp_run_continues_exactly(work, fsdp):
     log_dir = continue_from(work, fsdp, "fsdp_continued", 12, "--fsdp", "1")
-    assert records(log_dir, names=("train", "val", "hella")) == records(fsdp, names=("train", "val", "hella"))
-    mine, ref = (torch.load(d / LAST, map_location="cpu", weights_only=True) for d in (log_dir, fsdp))
+    assert (records(log_dir, names=("train", "val", "hella"))
+            == records(fsdp, names=("train", "val", "hella")))
+    mine, ref = (torch.load(d / LAST, map_location="cpu", weights_only=True)
+                 for d in (log_dir, fsdp))
     assert state_dicts_equal(mine["model"], ref["model"])
     for k in ref["optimizer"]["state"]:
         assert state_dicts_equal(mine["optimizer"]["state"][k], ref["optimizer"]["state"][k])
@@ -100,7 +103,8 @@ def test_ddp_checkpoint_continues_under_fsdp(work, ddp):
     a, b = record_map(ddp), record_map(log_dir)
     assert a.keys() == b.keys()
     for key in a:
-        assert abs(float(a[key]) - float(b[key])) < 1e-5, f"{key}: DDP {a[key]}, continued under FSDP {b[key]}"
+        assert abs(float(a[key]) - float(b[key])) < 1e-5, \
+            f"{key}: DDP {a[key]}, continued under FSDP {b[key]}"
 
 
 def run_two_nodes(env, *args):
@@ -109,10 +113,12 @@ def run_two_nodes(env, *args):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
-                                str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                                "--nproc_per_node", "1", *train_cmd(*args)[1:]], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                "--node_rank", str(node), "--master_addr", "127.0.0.1",
+                                "--master_port", str(port), "--nproc_per_node", "1",
+                                *train_cmd(*args)[1:]], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for node in (0, 1)]
     outs = [agent.communicate(timeout=RUN_TIMEOUT) for agent in agents]
     return subprocess.CompletedProcess(agents[0].args, max(a.returncode for a in agents),
                                        "".join(o for o, _ in outs), "".join(e for _, e in outs))
@@ -153,9 +159,11 @@ with open(os.path.join(os.path.dirname(__file__), f"counts_{dist.get_rank()}.jso
     json.dump({
         "rank": dist.get_rank(), "total": sum(p.numel() for p in model.parameters()),
         "params": sum(local(p) for p in model.parameters()),
-        "states": sum(local(v) for o in optimizers for s in o.state.values() for v in s.values() if v.dim()),
+        "states": sum(local(v) for o in optimizers for s in o.state.values()
+                      for v in s.values() if v.dim()),
         # AdamW keeps two moments a parameter, Muon one, each for this rank's share only
-        "expected_states": sum(local(p) * (1 if id(p) in muon else 2) for p in model.parameters())}, f)
+        "expected_states": sum(local(p) * (1 if id(p) in muon else 2)
+                               for p in model.parameters())}, f)
 dist.destroy_process_group()
 """
 
@@ -163,10 +171,12 @@ dist.destroy_process_group()
 def test_each_rank_holds_half_of_the_parameters_and_optimizer_states(work):
     script = work["root"] / "shard_counts.py"
     script.write_text(SHARD_COUNTS)
-    ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                       str(script), "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64",
-                       "--optimizer", "muon", "--arch", "modern"], cwd=REPO,
-                      env=work["env"] | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300))
+    ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       "--nproc_per_node=2", str(script), "--n_layer", "2", "--n_head", "2",
+                       "--n_embd", "64", "--block_size", "64", "--optimizer", "muon",
+                       "--arch", "modern"], cwd=REPO,
+                      env=work["env"] | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                      timeout=300))
     counts = [json.loads((work["root"] / f"counts_{rank}.json").read_text()) for rank in (0, 1)]
     assert [c["rank"] for c in counts] == [0, 1]
     for c in counts:  # FSDP pads a tensor whose first dim is odd by less than a row
@@ -177,8 +187,8 @@ def test_each_rank_holds_half_of_the_parameters_and_optimizer_states(work):
 def saved_bytes(model, x, y):
     """Bytes autograd keeps for the backward of one training forward."""
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                  lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
         _, loss = model(x, y)
     return loss, sum(saved)
 
@@ -187,7 +197,8 @@ def saved_bytes(model, x, y):
 def test_activation_checkpointing_same_math_less_memory(arch):
     torch.manual_seed(0)
     # a small vocab, so that the logits (which checkpointing does not touch) do not hide the blocks
-    model = tg.GPT(tg.GPTConfig(arch=arch, block_size=64, vocab_size=256, n_layer=4, n_head=2, n_embd=64))
+    model = tg.GPT(tg.GPTConfig(arch=arch, block_size=64, vocab_size=256, n_layer=4, n_head=2,
+                                n_embd=64))
     x, y = torch.randint(0, 256, (2, 4, 64))
     results = []
     for on in (False, True):

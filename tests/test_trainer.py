@@ -791,7 +791,8 @@ def test_nan_loss_stops_without_touching_checkpoints(work, reference):
     after = {n: v for n, v in snapshot(log_dir).items() if n.startswith("model_")}
     # those past step 2 belong to the timeline that --resume left: renamed (test_timelines.py),
     # each file as it was (size, mtime, inode)
-    assert sorted(after.values()) == sorted(before.values()), "a diverged run wrote or changed a checkpoint"
+    assert sorted(after.values()) == sorted(before.values()), \
+        "a diverged run wrote or changed a checkpoint"
 
 
 # -----------------------------------------------------------------------------
