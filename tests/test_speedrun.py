@@ -8,13 +8,13 @@
     build-nanogpt's; bad combinations are one line each; a continued run refuses a changed
     recipe setting, or records it with --resume;
   * with --recipe fast (Muon, the embedding and head groups, WSD, soft-cap, grad clipping active):
-    2-process DDP equals one process, FSDP equals DDP, a run cut back to an earlier checkpoint
-    (what a kill -9 leaves) continues bit for bit, torch.compile sees one graph, and the export
+    2-process DDP equals one process, FSDP equals DDP, a run killed with SIGKILL continues bit
+    for bit with the same command, torch.compile sees one graph, and the export
     (NanoChatForCausalLM) gives the same logits, soft-cap included, and generates text.
 """
 
 import json
-import shutil
+import signal
 
 import pytest
 import torch
@@ -24,6 +24,7 @@ from results import write_training_params as wtp
 from helpers import TINY, assert_one_error_line, checkpoints, export_logit_gap, ok, record_map, \
     records, run_cli, state_dicts_equal, work_dir
 from test_model import count_graphs
+from test_trainer import logged_past_checkpoint, signal_run_when
 
 # --recipe fast at the tiny shape; a low clip so that clipping acts at every step, a checkpoint
 # every 2 steps to continue from (6 steps: warmup 0-1, flat 2-4, cooldown from step 4.3)
@@ -254,16 +255,16 @@ def test_fast_fsdp_equals_ddp(work, ddp):
     assert_same_training(ddp, fast_run(work, "fsdp", "--fsdp", "1", ddp=True), ("DDP", "FSDP"))
 
 
-def test_fast_run_continues_bit_for_bit(work, single, capsys):
-    """The finished run's folder as a kill -9 after step 3 leaves it (checkpoint 2, log.txt
-    past it), then the same command."""
-    log_dir = work["root"] / "continued"
-    shutil.copytree(single, log_dir)
-    for name in checkpoints(log_dir):
-        if int(name[6:11]) > 2:
-            (log_dir / name).unlink()
+def test_fast_run_killed_then_continued_is_bit_for_bit(work, single, capsys):
+    """SIGKILL once a step past checkpoint 2 is logged, then the same command."""
+    log_dir = work["root"] / "killed"
+    code, _, _ = signal_run_when(work["env"], [str(a) for a in fast_argv(work, log_dir)],
+                                 work["root"] / "killed.out",
+                                 lambda: logged_past_checkpoint(log_dir, steps_past=1),
+                                 "a step past a checkpoint", signal.SIGKILL)
+    assert code == -signal.SIGKILL and "model_00006.pt" not in checkpoints(log_dir)
     printed = run_main(fast_argv(work, log_dir), capsys)
-    assert f"continuing from {log_dir / 'model_00002.pt'}" in printed
+    assert "continuing from" in printed
     assert records(log_dir) == records(single)
     mine, ref = load(log_dir), load(single)
     assert state_dicts_equal(mine["model"], ref["model"])
