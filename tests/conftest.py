@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every subprocess t
 # name or by test count, test_trainer.py (a third of the suite) started last and kept one worker
 # busy for ~20 s after the other had finished.
 LONGEST_FIRST = ("test_trainer.py", "test_fsdp.py", "test_live_metrics.py", "test_gpu_check.py",
-                 "test_fineweb.py", "test_hellaswag.py", "test_readme.py", "test_results.py",
-                 "test_compile.py")
+                 "test_speedrun.py", "test_fineweb.py", "test_hellaswag.py", "test_readme.py",
+                 "test_results.py", "test_compile.py", "test_timelines.py")
 
 
 def pytest_collection_modifyitems(items):
