@@ -623,10 +623,16 @@ def checkpoint_path(log_dir, step):
     return os.path.join(log_dir, f"model_{step:05d}.pt")
 
 
+def checkpoint_step(path):
+    """.../model_00025.pt -> 25; None for another name (model_00020.<time>.pt set aside)."""
+    m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(str(path)))
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(log_dir):
     """The paths of the checkpoints in log_dir, oldest first (not model_00020.<time>.pt)."""
-    matches = (re.fullmatch(r".*model_(\d+)\.pt", p) for p in glob.glob(f"{log_dir}/model_*.pt"))
-    return [path for _, path in sorted((int(m.group(1)), m.string) for m in matches if m)]
+    steps = ((checkpoint_step(p), p) for p in glob.glob(f"{log_dir}/model_*.pt"))
+    return [path for step, path in sorted((s, p) for s, p in steps if s is not None)]
 
 
 def atomic_write(path, content, tmp=None):
@@ -704,7 +710,7 @@ def set_aside_other_timeline(log_dir, path, step):
     """Continuing from `path`, the checkpoints past its step belong to a timeline this run leaves:
     renamed model_00020.<time last written>.pt (not listed), never deleted, and the logs copied
     as log.<time>.txt before they are cut back. -> a note to print, or None."""
-    steps = {p: int(re.search(r"(\d+)\.pt$", p)[1]) for p in list_checkpoints(log_dir)}
+    steps = {p: checkpoint_step(p) for p in list_checkpoints(log_dir)}
     later = [p for p, s in steps.items() if s > step or s == step and not os.path.samefile(p, path)]
     if not later:
         return None
@@ -1091,9 +1097,10 @@ def validate_args(args, world_size):
                         f"seq_len * GPUs = {args.micro_batch}*{args.seq_len}*{world_size}; "
                         f"--micro_batch values that divide it: "
                         f"{micro_batch_options(args, world_size)}")
-    for flag in ("tensorboard", "wandb"):  # optional packages: asked for, imported here
+    for flag in ("tensorboard", "wandb"):  # optional packages: imported here when asked for
         try:
-            __import__(flag) if getattr(args, flag) else None
+            if getattr(args, flag):
+                __import__(flag)
         except ImportError:
             raise UserError(f"--{flag} needs the {flag} package: pip install {flag}") from None
 
@@ -1595,9 +1602,10 @@ def open_shards(args):
 
 def load_data(args, rank, world_size, device, log):
     """-> (train loader, val set or None), after every check of the shards."""
-    train, val = same_on_every_rank(lambda: open_shards(args), lambda found: ", ".join(
-        f"{len(s.paths)} {name} shard(s) of {s.total:,} tokens"
-        for name, s in zip(("train", "val"), found) if s),
+    train, val = same_on_every_rank(
+        lambda: open_shards(args),
+        lambda found: ", ".join(f"{len(s.paths)} {name} shard(s) of {s.total:,} tokens"
+                                for name, s in zip(("train", "val"), found) if s),
         f"every node needs the same shards in --data_dir {args.data_dir}")
     loader = TrainLoader(train, args.seq_len, args.seed, bool(args.shuffle),
                          seqs_per_step=args.total_batch // args.seq_len,

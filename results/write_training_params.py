@@ -13,7 +13,6 @@ and exit code 1 (arguments argparse cannot parse: its usage line and exit code 2
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ import train_gpt2  # noqa: E402  (log.txt's reader)
 # reference lines (karpathy/build-nanogpt): OpenAI's GPT-2 124M loss on the FineWeb-Edu val shard
 # and its HellaSwag acc_norm (completion style, as hellaswag.py scores it); GPT-3 Small (125M)
 # HellaSwag from the GPT-3 paper (arXiv:2005.14165)
-REF_GPT2_VAL_LOSS, REF_GPT2_HELLA, REF_GPT3_HELLA = 3.2924, 0.2945, 0.337
+REF_GPT2_VAL_LOSS, REF_GPT2_HELLA = train_gpt2.GPT2_VAL_LOSS, train_gpt2.GPT2_HELLASWAG
+REF_GPT3_HELLA = 0.337
 COPIED_FILES = ("config.json", "log.txt", "samples.txt")
 OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
 
@@ -119,14 +119,8 @@ def step_to_x(run, x_axis):
     if x_axis == "tokens":
         per_step = (run.config or {}).get("tokens_per_step")
         return (lambda steps: np.asarray(steps, dtype=float) * per_step) if per_step else None
-    elapsed = np.array(run.log.get("elapsed", []), dtype=float).reshape(-1, 2).T  # (2, records)
+    elapsed = stream(run, "elapsed")
     return (lambda steps: np.interp(steps, *elapsed) / 3600) if elapsed.shape[1] else None
-
-
-def checkpoint_step(path):
-    """.../model_00025.pt -> 25, the step a run continued from (None for another name)."""
-    m = re.fullmatch(r"model_(\d+)\.pt", Path(str(path)).name)
-    return int(m.group(1)) if m else None
 
 
 def short(value):
@@ -139,7 +133,7 @@ def curve_markers(run):
     """[(step, label)] in step order, one label a step: where the run continued from a checkpoint
     (config.json's resumed_from) and where a setting changed (setting_changes)."""
     cfg, at = run.config or {}, {}
-    for step in map(checkpoint_step, cfg.get("resumed_from") or []):
+    for step in map(train_gpt2.checkpoint_step, cfg.get("resumed_from") or []):
         if step is not None:
             at.setdefault(step, {})["resumed"] = None  # a dict as an ordered set
     for c in cfg.get("setting_changes") or []:
@@ -162,18 +156,22 @@ def hellaswag_title(runs):
             f"the reference lines are on all {HELLASWAG_EXAMPLES:,}: not comparable")
 
 
-def applying_targets(run):
-    """config.json's targets that apply to this run's data (none in runs from before targets)."""
+def config_targets(run):
+    """config.json's targets (none in runs from before targets)."""
     return [t for t in (run.config or {}).get("targets") or []
-            if isinstance(t, dict) and t.get("applies") and t.get("metric") in METRICS]
+            if isinstance(t, dict) and "target" in t and t.get("metric") in METRICS]
+
+
+def stream(run, name):
+    """One logged stream as (steps, values), a (2, records) array."""
+    return np.array(run.log.get(name, []), dtype=float).reshape(-1, 2).T
 
 
 def plot_curves(ax_loss, ax_hella, run, x, style, prefix, smooth):
     """One run's train loss (raw, faint, and a trailing mean over `smooth` steps), val loss and
     HellaSwag; -> the loss values the axis must show (past the first, far higher, steps)."""
     (steps, train), (val_steps, val), (hella_steps, hella) = (
-        np.array(run.log.get(name, []), dtype=float).reshape(-1, 2).T  # (2, records)
-        for name in ("train", "val", "hella"))
+        stream(run, name) for name in ("train", "val", "hella"))
     shown = []
     if len(train):
         window = smooth or max(1, min(100, len(train) // 25))
@@ -197,7 +195,7 @@ def mark_run(ax_loss, ax_hella, run, x, color, prefix, side="right"):
             ax.axvline(x([step])[0], color=color, linewidth=0.6, alpha=0.6)
             ax.text(x([step])[0], 0.99, f" {prefix}{label}", rotation=90, fontsize=7, va="top",
                     ha=side, color=color, transform=ax.get_xaxis_transform())
-    for t in applying_targets(run):
+    for t in [t for t in config_targets(run) if t.get("applies")]:  # drawn where they apply
         ax, (name, ref, sign) = ax_loss if t["metric"] == "val" else ax_hella, METRICS[t["metric"]]
         if t["target"] != ref:
             ax.axhline(t["target"], color=color, linestyle="--", linewidth=0.8,
@@ -328,10 +326,10 @@ def target_text(target, log):
 
 def unreadable_text(run):
     """Which lines of log.txt could not be read (they are left out of everything): the first
-    that is not blank, or "" when there are none."""
+    that is not blank (called only when there are some)."""
     first = next((i for i, line in enumerate(run.unreadable) if line.strip()), None)
     if first is None:
-        return "all blank" if run.unreadable else ""
+        return "all blank"
     line = run.unreadable[first]
     shown = repr(line if len(line) <= 60 else line[:57] + "...")
     return f"the first{' non-blank' if first else ''}: {shown}"
@@ -393,8 +391,7 @@ def summary_rows(run, summary=None):
         ("best val loss", "best_val"), ("final HellaSwag acc_norm", "final_hella"),
         ("best HellaSwag acc_norm", "best_hella"))]
     rows += [(f"{METRICS[t['metric']][0]} target", target_text(t, run.log))
-             for t in cfg.get("targets") or [] if isinstance(t, dict) and "target" in t
-             and t.get("metric") in METRICS]
+             for t in config_targets(run)]
     resumed = cfg.get("resumed_from") or []
     rows.append(("resumes", f"{len(resumed)}: " + ", ".join(map(str, resumed)) if resumed
                  else "none"))

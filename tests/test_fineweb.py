@@ -41,7 +41,8 @@ def enc():
 WORDS = (
     "the of and to in is was for on that with as by at from his her an were are which this be or "
     "photosynthesis mitochondria equation velocity Constitution amendment theorem derivative "
-    "café naïve résumé Zürich 東京 数学 Москва 🙂 🚀 1,234.56 3.14159 x^2 sqrt(a/b) e-mail "
+    "café naïve résumé Zürich 東京 数学 Москва 🙂 🚀 "
+    "1,234.56 3.14159 x^2 sqrt(a/b) e-mail "
     "don't can't I'm you're"
 ).split()
 
