@@ -27,7 +27,6 @@ import train_gpt2  # noqa: E402  (log.txt's one reader)
 class Variant:
     name: str
     flags: list  # the trainer flags that make this variant
-    needs: str = None  # a flag train_gpt2.py must define, else the variant is skipped
     own_schedule: bool = False  # keeps its recipe's warmup (the shared --warmup_steps is left out)
 
 
@@ -36,18 +35,10 @@ class Variant:
 # Each uses the trainer's own default LRs for its arch and optimizer (stated in README.md).
 VARIANTS = [
     Variant("gpt2", ["--arch", "gpt2"]),
-    Variant("fast", ["--recipe", "fast"], needs="--recipe", own_schedule=True),
+    Variant("fast", ["--recipe", "fast"], own_schedule=True),
     Variant("modern-muon", ["--arch", "modern", "--optimizer", "muon"]),
     Variant("modern", ["--arch", "modern"]),
 ]
-
-
-def missing_flag(variant, trainer=Path(__file__).resolve().parents[1] / "train_gpt2.py"):
-    """Why the variant cannot run with this train_gpt2.py, or None. Read from the source, not from
-    `--help` (a second of torch import per call): an option is defined as ("--name", ...)."""
-    if variant.needs and f'("{variant.needs}"' not in trainer.read_text():
-        return f"train_gpt2.py has no {variant.needs} yet (train_gpt2.py --help)"
-    return None
 
 
 def flags(d):
@@ -72,8 +63,7 @@ def figures(log_dir):
     return {"tokens_per_step": config["tokens_per_step"], "steps": len(streams.get("train", [])),
             "val": [[s, v, round(seconds(s), 2)] for s, v in streams.get("val", [])],
             "tok_per_s": round(statistics.median(tok_s)) if tok_s else None,
-            "hella_acc": hella[-1][1] if hella else None, "card": config.get("device_name"),
-            "command": config.get("command")}
+            "hella_acc": hella[-1][1] if hella else None, "command": config.get("command")}
 
 
 def reach(val, target):
@@ -120,8 +110,9 @@ def main(argv=None):
         print("error: pass run folders that hold log.txt and config.json, the target first",
               file=sys.stderr)
         return 1
-    runs = [(Path(d).name, "ok", figures(d), None) for d in dirs]
-    print("\n".join(comparison([(n, s, f, f["command"]) for n, s, f, _ in runs])))
+    figs = [figures(d) for d in dirs]
+    runs = [(Path(d).name, "ok", f, f["command"]) for d, f in zip(dirs, figs)]
+    print("\n".join(comparison(runs)))
     return 0
 
 

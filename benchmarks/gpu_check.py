@@ -236,7 +236,6 @@ class Part:
     needs_data: bool = False
     info: dict = field(default_factory=dict)  # what the summary shows even if it did not run
     pair: str = None  # the matrix part it is compared with: the two start only together
-    blocked: str = None  # why it cannot run with this train_gpt2.py
 
 
 def build_plan(p, plan="check"):
@@ -246,8 +245,8 @@ def build_plan(p, plan="check"):
     if plan == "compare":  # the smoke: the target, and the path of a variant with its own schedule
         return [Part(f"compare-{v.name}", "compare", "compare",
                      [py, "train_gpt2.py", *run, *compare.variant_flags(v, p.compare)],
-                     needs_data=True, info=dict(variant=v.name, **p.compare),
-                     blocked=compare.missing_flag(v)) for v in compare.VARIANTS
+                     needs_data=True, info=dict(variant=v.name, **p.compare))
+                for v in compare.VARIANTS
                 if p.whole_plan or v is compare.VARIANTS[0] or v.own_schedule]
     common = run + ["--steps", str(p.bench_steps)]  # --benchmark's and the reference step's
 
@@ -292,10 +291,10 @@ def select_parts(plan, parts_arg):
 
 
 def blocked_parts(plan, data_problem, no_cuda=False):
-    """{part name: why it cannot run at all}: no CUDA, no data, a trainer without its flag."""
+    """{part name: why it cannot run at all}: no CUDA, or no data."""
     return {p.name: why for p in plan
             if (why := "torch sees no CUDA device (see env.json); use --smoke on a CPU" if no_cuda
-                else p.needs_data and data_problem or p.blocked)}
+                else p.needs_data and data_problem)}
 
 
 # -----------------------------------------------------------------------------
@@ -736,7 +735,8 @@ def analyse_train_run(log_dir, stopped_log, spec, stop_rc, resume_step):
     stopped = train_gpt2.read_log(stopped_log).records if stopped_log.is_file() else []
     stopped_after = max((s for s, n, _ in stopped if n == "train"), default=None)
     max_steps, resume_step = spec["max_steps"], resume_step or 0
-    train = by_name(records, "train")
+    streams = {n: by_name(records, n) for n in ("train", "val", "hella", "tok/s", "mfu")}
+    train = streams["train"]
     losses = [train[s][0] for s in sorted(train)]
     first, last = ((statistics.median(losses[:5]), statistics.median(losses[-5:]))
                    if len(losses) >= 10 else (0, 0))
@@ -747,9 +747,9 @@ def analyse_train_run(log_dir, stopped_log, spec, stop_rc, resume_step):
             f"exit code {stop_rc} (torchrun exits 1 after forwarding SIGTERM), last train step "
             f"{stopped_after}, newest checkpoint {resume_step}"),
         "one_train_record_per_step": check_schedule(train, range(max_steps)),
-        "val_at_expected_steps": check_schedule(by_name(records, "val"),
+        "val_at_expected_steps": check_schedule(streams["val"],
                                                 due_steps(spec["val_every"], max_steps)),
-        "hella_at_expected_steps": check_schedule(by_name(records, "hella"),
+        "hella_at_expected_steps": check_schedule(streams["hella"],
                                                   due_steps(spec["hellaswag_every"], max_steps)),
         "all_values_finite": check(all(math.isfinite(v) for _, _, v in records),
                                    f"{len(records)} values"),
@@ -765,12 +765,12 @@ def analyse_train_run(log_dir, stopped_log, spec, stop_rc, resume_step):
     }
 
     def steady(name, lo=0, hi=max_steps):  # the first step of each process includes the compile
-        vals = [v[0] for s, v in by_name(records, name).items()
+        vals = [v[0] for s, v in streams[name].items()
                 if lo <= s < hi and s not in (0, resume_step)]
         return round(statistics.median(vals), 4) if vals else None
 
     def per_step(name):
-        return {str(s): v[0] for s, v in sorted(by_name(records, name).items())}
+        return {str(s): v[0] for s, v in sorted(streams[name].items())}
 
     return {"stopped_after_step": stopped_after, "checks": checks,
             "checks_passed": all(c["ok"] for c in checks.values()),
@@ -943,8 +943,8 @@ STATUS_MEANING = {
     "failed": "an exit code, a timeout, no result line or a failed train check: see the note, "
               "and the part's log in logs.tar.gz",
     "oom": "CUDA out of memory (the card is too small for this micro-batch); the plan went on",
-    "skipped": "did not run: over the time budget, data or CUDA missing, a trainer option "
-               "missing, or gpu_check.py was interrupted (the note says which)",
+    "skipped": "did not run: over the time budget, data or CUDA missing, or gpu_check.py was "
+               "interrupted (the note says which)",
 }
 
 

@@ -41,7 +41,6 @@ DEVICE_MAX_FILE_BYTES = 16 * 2**20
 DEVICE_MAX_TOTAL_BYTES = 64 * 2**20
 DEVICE_MAX_PARTS = 2  # $OUT/gpu_check/a/x comes back, $OUT/gpu_check/a/b/x does not
 DEVICE_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-HAS_RECIPE = '("--recipe"' in (REPO / "train_gpt2.py").read_text()  # the fast variant can run
 
 
 def assert_returnable(out, well_under=DEVICE_MAX_FILE_BYTES):
@@ -444,9 +443,7 @@ def test_dry_run_says_what_the_budget_skips(tmp_path, capsys):
     lines = [line for line in dry_run(capsys, "--plan", "compare", "--data", tmp_path)
              .splitlines() if " compare-" in line]
     assert [line.split()[1] for line in lines] == [f"compare-{v.name}" for v in compare.VARIANTS]
-    fast = next(line for line in lines if "compare-fast" in line)
-    assert ("no --recipe" in fast) != HAS_RECIPE, fast  # skipped, with the reason, until it exists
-    assert all("starts at" in line for line in lines if line is not fast)
+    assert all("starts at" in line for line in lines), lines
 
 
 # --- the compare plan
@@ -495,15 +492,15 @@ def test_tokens_to_the_target_come_from_each_variants_own_val_curve(tmp_path, ca
 
 @needs_shared
 def test_compare_smoke_reports_tokens_to_the_gpt2_runs_val_loss(tmp_path, smoke_data):
-    """The plan's code path on the CPU: the target run, and the fast recipe (its own schedule)
-    where train_gpt2.py has --recipe, else its skip and why; the arithmetic is tested above."""
+    """The plan's code path on the CPU: the target run, and the fast recipe (its own schedule);
+    the arithmetic is tested above."""
     out = tmp_path / "out"
     assert gpu_check.main(["run", "--plan", "compare", "--smoke", "--data", str(smoke_data),
                            "--out", str(out)]) == 0
     assert_returnable(out)
     records = {r["config"]["variant"]: r for r in read_records(out)}
     assert list(records) == ["gpt2", "fast"]
-    assert records["fast"]["status"] == ("ok" if HAS_RECIPE else "skipped")
+    assert records["fast"]["status"] == "ok"
     logs, summary = archive_members(out), (out / "summary.md").read_text()
     gpt2 = records["gpt2"]["result"]
     steps = gpu_check.SMOKE.compare["max_steps"]
@@ -513,11 +510,9 @@ def test_compare_smoke_reports_tokens_to_the_gpt2_runs_val_loss(tmp_path, smoke_
     target = gpt2["val"][-1][1]
     assert f"Target: the gpt2 run's final val loss, {target:.4f}." in summary
     assert re.search(r"^\| gpt2 \| ok \| [\d.]+ \| [\d.]+M \| 1\.00x \|", summary, re.M), summary
-    if HAS_RECIPE:  # the variant's row agrees with its own val curve
-        val, tps = records["fast"]["result"]["val"], records["fast"]["result"]["tokens_per_step"]
-        hit = compare.reach(val, target)
-        row = next(line for line in summary.splitlines() if line.startswith("| fast |"))
-        assert f"| {hit[0] * tps / 1e6:.2f}M |" in row if hit else "| not in " in row
-        assert "--warmup_steps" not in records["fast"]["command"]
-    else:
-        assert "- compare-fast (skipped): train_gpt2.py has no --recipe" in summary
+    # the variant's row agrees with its own val curve
+    val, tps = records["fast"]["result"]["val"], records["fast"]["result"]["tokens_per_step"]
+    hit = compare.reach(val, target)
+    row = next(line for line in summary.splitlines() if line.startswith("| fast |"))
+    assert f"| {hit[0] * tps / 1e6:.2f}M |" in row if hit else "| not in " in row
+    assert "--warmup_steps" not in records["fast"]["command"]
