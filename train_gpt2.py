@@ -706,6 +706,21 @@ def find_checkpoint(args, log):
     return args.resume, ckpt
 
 
+def set_aside(moved, copied=()):
+    """Keep files under the time the newest of `moved` was last written (log.txt ->
+    log.20261202-134501.txt, model_00020.pt -> model_00020.20261202-134501.pt): `moved` renamed,
+    `copied` copied (they are cut back next); no file is overwritten. -> the time stamp."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, moved))))
+    aside = {p: "{0}.{2}{1}".format(*os.path.splitext(p), stamp) for p in [*moved, *copied]}
+    taken = [new for new in aside.values() if os.path.exists(new)]
+    if taken:
+        raise UserError(f"{taken[0]} exists: files were set aside at {stamp} already; move them "
+                        f"away")
+    for old, new in aside.items():
+        (shutil.copyfile if old in copied else os.replace)(old, new)
+    return stamp
+
+
 def set_aside_other_timeline(log_dir, path, step):
     """Continuing from `path`, the checkpoints past its step belong to a timeline this run leaves:
     renamed model_00020.<time last written>.pt (not listed), never deleted, and the logs copied
@@ -714,14 +729,8 @@ def set_aside_other_timeline(log_dir, path, step):
     later = [p for p, s in steps.items() if s > step or s == step and not os.path.samefile(p, path)]
     if not later:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, later))))
     logs = [os.path.join(log_dir, name) for name in ("log.txt", "samples.txt")]
-    moves = [(p, f"{p[:-3]}.{stamp}.pt") for p in later] + [
-        (p, f"{p[:-4]}.{stamp}.txt") for p in logs if os.path.exists(p)]
-    if any(os.path.exists(new) for _, new in moves):
-        raise UserError(f"{log_dir} holds files set aside at {stamp} already; move them away")
-    for old, new in moves:
-        (os.replace if old.endswith(".pt") else shutil.copyfile)(old, new)
+    stamp = set_aside(later, copied=[p for p in logs if os.path.exists(p)])
     return (f"note: {len(later)} checkpoint(s) past step {step} belong to another timeline: "
             f"kept as model_*.{stamp}.pt, with its logs as *.{stamp}.txt")
 
@@ -1512,16 +1521,7 @@ class RunLog:
         """A run that crashed before its first checkpoint: keep its files under the time they
         were last written (log.20261202-134501.txt) rather than append to them. -> that name."""
         old = [p for p in (self.log_file, self.samples_file, self.config_file) if os.path.exists(p)]
-        if not old:
-            return None
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(map(os.path.getmtime, old))))
-        new = ["{0}.{2}{1}".format(*os.path.splitext(path), stamp) for path in old]
-        if any(map(os.path.exists, new)):
-            raise UserError(f"{self.dir} holds the logs of two earlier runs last written at "
-                            f"{stamp}; move one of them away")
-        for path, new_path in zip(old, new):
-            os.replace(path, new_path)
-        return f"*.{stamp}.*"
+        return f"*.{set_aside(old)}.*" if old else None
 
 
 def parse_record(line):

@@ -3,7 +3,8 @@ Which checkpoint a run continues from, when the history is not a straight line: 
 the tiny model (train_gpt2.main), one process, CPU.
 
   * a run continued from an older checkpoint sets the later ones aside (renamed, never deleted,
-    their logs kept): the plain command afterwards continues the new timeline, not the old end;
+    their logs kept, no earlier set-aside file overwritten): the plain command afterwards
+    continues the new timeline, not the old end;
   * `--resume PATH` run again continues from the newest checkpoint that PATH led to;
   * another --data_dir is refused unless --resume asks for it, and then recorded; the same folder
     spelt another way is no change;
@@ -102,6 +103,22 @@ def test_timelines_resume_and_changed_settings(work, capsys, monkeypatch):
     assert change in config["setting_changes"]
     rows = dict(wtp.summary_rows(wtp.load_run(log_dir)))
     assert f"step 8: data_dir {work['data']} -> {other}" in rows["setting changes"]
+
+
+def test_setting_aside_never_overwrites_files_set_aside_before(tmp_path):
+    """Two timelines left at the same second would share a name: refused, every file as it was."""
+    later, log = tmp_path / "model_00004.pt", tmp_path / "log.txt"
+    later.write_text("timeline 2"), log.write_text("0 train 2.0\n")
+    os.utime(later, (1e9, 1e9))
+    stamp = tg.set_aside([str(later)], copied=[str(log)])
+    assert (tmp_path / f"model_00004.{stamp}.pt").read_text() == "timeline 2" and not later.exists()
+    assert (tmp_path / f"log.{stamp}.txt").read_text() == log.read_text() == "0 train 2.0\n"
+    later.write_text("timeline 3"), log.write_text("0 train 3.0\n")
+    os.utime(later, (1e9, 1e9))
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    with pytest.raises(tg.UserError, match=f"model_00004.{stamp}.pt exists"):
+        tg.set_aside([str(later)], copied=[str(log)])
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
 
 
 def on_two_ranks(monkeypatch, other_rank):
