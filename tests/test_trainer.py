@@ -23,7 +23,8 @@ What a user relies on, and where it is checked:
     test_interrupt_during_*, test_a_second_run_*, test_nan_*);
   * a SIGTERM is answered within seconds even during an evaluation (test_sigterm_during_*), and
     under `torchrun --max-restarts=1` a killed rank's job restarts and the same command runs on to
-    the end (test_killed_rank_*);
+    the end (test_killed_rank_*); a rank ends with its own exit code and all its output, never
+    an abort in Python's shutdown (test_a_torchrun_rank_*);
   * Muon: its parameter groups cover every parameter once (test_muon_groups_*); config.json
     records the resolved settings and the optimizers (test_config_json_*); checkpoints load
     cleanly (test_checkpoints_*);
@@ -988,3 +989,13 @@ def test_device_and_dtype_choices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))  # RTX 3090
     assert tg.choose_dtype("auto", torch.device("cuda:0")) == "bf16"
     assert tg.choose_dtype("auto", torch.device("cpu")) == "fp32"
+
+
+def test_a_torchrun_rank_ends_with_its_exit_code_and_all_its_output():
+    """Under torchrun the script ends with os._exit (Python's own shutdown can abort while gloo's
+    threads release their tensors): the exit code stands and piped, buffered output is kept."""
+    script = "import train_gpt2 as tg; print('last words', end=''); tg.exit_process(3)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"RANK": "0"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=RUN_TIMEOUT)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "last words", "")
