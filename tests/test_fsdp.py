@@ -165,6 +165,7 @@ with open(os.path.join(os.path.dirname(__file__), f"counts_{dist.get_rank()}.jso
         "expected_states": sum(local(p) * (1 if id(p) in muon else 2)
                                for p in model.parameters())}, f)
 dist.destroy_process_group()
+tg.exit_process(0)  # as the trainer ends: gloo's threads can abort Python's own shutdown
 """
 
 
