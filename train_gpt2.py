@@ -2203,9 +2203,14 @@ def exit_process(code):
     process ("terminate called without an active exception", SIGABRT) after a run that ended
     well; torchrun then reports it failed (~1 run in 50 on 2 busy CPU cores here). What the
     shutdown would have done for us is done first: a W&B run still open (one that ended in an
-    error) is finished, and the output flushed."""
+    error) is finished, and the output flushed. A rank other than 0 that fails waits a moment
+    first: rank 0 prints the one error line for all, and torchrun stops every rank as soon as
+    one exits with an error."""
     if "RANK" not in os.environ:
         sys.exit(code)
+    if code and int(os.environ["RANK"]) != 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's stop ends the wait at once
+        time.sleep(3)
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown(exit_code=code)  # what its atexit hook would do
     sys.stdout.flush()
